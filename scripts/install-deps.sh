@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs every Debian package thinpool needs to build, test and demo.
+# Idempotent: installs only what is missing. Run as root (CI and dev machines are root).
+set -euo pipefail
+
+PKGS=(
+  # build
+  cmake ninja-build g++ clang libclang-rt-14-dev pkg-config
+  # libraries
+  libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev libfmt-dev
+  # the independent oracle for the on-disk format
+  thin-provisioning-tools
+  # real NBD clients and peers for the end-to-end tests
+  libnbd-bin nbdkit qemu-utils fio nbdfuse fuse3
+  # demo: image tools
+  erofs-utils squashfs-tools e2fsprogs
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+if ! $SUDO apt-get install -y --no-install-recommends "${missing[@]}"; then
+  $SUDO apt-get update
+  $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+fi

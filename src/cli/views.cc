@@ -1,0 +1,118 @@
+#include "cli/views.h"
+
+#include <fmt/format.h>
+
+#include <sstream>
+
+#include "cli/console.h"
+#include "cli/size.h"
+#include "pdata/format.h"
+
+namespace tp::cli {
+namespace {
+
+// "1.50 GiB (1610612736 bytes)"
+std::string both(uint64_t bytes) {
+  return fmt::format("{} ({} bytes)", format_bytes(bytes), bytes);
+}
+
+}  // namespace
+
+nlohmann::json pool_info_json(const thin::PoolInfo& info) {
+  const uint64_t bb = info.block_bytes;
+  const uint64_t mb = pdata::kBlockSize;
+  nlohmann::json j;
+  j["block_bytes"] = bb;
+  j["size_bytes"] = info.nr_blocks * bb;
+  j["used_bytes"] = info.used_blocks * bb;
+  j["free_bytes"] = info.free_blocks * bb;
+  j["reserved_bytes"] = info.reserved_blocks * bb;
+  j["unreserved_bytes"] = info.unreserved_blocks * bb;
+  j["metadata_bytes"] = info.metadata_blocks * mb;
+  j["metadata_used_bytes"] = info.metadata_used_blocks * mb;
+  j["nr_blocks"] = info.nr_blocks;
+  j["used_blocks"] = info.used_blocks;
+  j["free_blocks"] = info.free_blocks;
+  j["reserved_blocks"] = info.reserved_blocks;
+  j["unreserved_blocks"] = info.unreserved_blocks;
+  j["metadata_block_bytes"] = mb;
+  j["metadata_blocks"] = info.metadata_blocks;
+  j["metadata_used_blocks"] = info.metadata_used_blocks;
+  j["data_file_allocated_bytes"] = info.data_file_allocated_bytes;
+  j["transaction_id"] = info.trans_id;
+  j["state"] = thin::pool_state_name(info.state);
+  j["low_water_percent"] = info.low_water_percent;
+  j["volumes"] = info.volumes;
+  return j;
+}
+
+std::string pool_info_text(const std::string& dir, const thin::PoolInfo& info) {
+  const uint64_t bb = info.block_bytes;
+  const uint64_t mb = pdata::kBlockSize;
+  auto blocks = [&](uint64_t n) {
+    return fmt::format("{} ({} bytes, {} blocks)", format_bytes(n * bb), n * bb, n);
+  };
+  Table t({"", ""}, {false, false});
+  t.add({"pool", dir});
+  t.add({"block size", both(bb)});
+  t.add({"size", blocks(info.nr_blocks)});
+  t.add({"used", blocks(info.used_blocks)});
+  t.add({"free", blocks(info.free_blocks)});
+  t.add({"reserved", blocks(info.reserved_blocks)});
+  t.add({"unreserved", blocks(info.unreserved_blocks)});
+  t.add(
+      {"metadata", fmt::format("{} ({} bytes, {} blocks)", format_bytes(info.metadata_blocks * mb),
+                               info.metadata_blocks * mb, info.metadata_blocks)});
+  t.add({"metadata used",
+         fmt::format("{} ({} bytes, {} blocks)", format_bytes(info.metadata_used_blocks * mb),
+                     info.metadata_used_blocks * mb, info.metadata_used_blocks)});
+  t.add({"data file", both(info.data_file_allocated_bytes) + " allocated"});
+  t.add({"state", thin::pool_state_name(info.state)});
+  t.add({"low water", fmt::format("{} %", info.low_water_percent)});
+  t.add({"transaction id", std::to_string(info.trans_id)});
+  t.add({"volumes", std::to_string(info.volumes)});
+  std::ostringstream os;
+  t.print(os);
+  // The header row of a key/value table is empty: drop it.
+  std::string s = os.str();
+  return s.substr(s.find('\n') + 1);
+}
+
+nlohmann::json volume_json(const thin::VolumeInfo& v, uint32_t block_bytes) {
+  const uint64_t bb = block_bytes;
+  nlohmann::json j;
+  j["name"] = v.name;
+  j["dev_id"] = v.dev_id;
+  j["size_bytes"] = v.size_bytes;
+  j["origin"] = v.origin.empty() ? nlohmann::json(nullptr) : nlohmann::json(v.origin);
+  j["mapped_blocks"] = v.mapped_blocks;
+  j["mapped_bytes"] = v.mapped_blocks * bb;
+  j["exclusive_blocks"] = v.exclusive_blocks;
+  j["exclusive_bytes"] = v.exclusive_blocks * bb;
+  j["guaranteed_blocks"] = v.guaranteed_blocks;
+  j["guaranteed_bytes"] = v.guaranteed_blocks * bb;
+  j["reserved_blocks"] = v.reserved_blocks;
+  j["reserved_bytes"] = v.reserved_blocks * bb;
+  j["writable"] = !v.read_only;
+  j["read_only"] = v.read_only;
+  j["created_unix"] = v.created_unix;
+  return j;
+}
+
+std::string volumes_table(const std::vector<thin::VolumeInfo>& vols, uint32_t block_bytes) {
+  const uint64_t bb = block_bytes;
+  Table t(
+      {"NAME", "ID", "SIZE", "ORIGIN", "MAPPED", "EXCLUSIVE", "GUARANTEED", "RESERVED", "WRITABLE"},
+      {false, true, true, false, true, true, true, true, false});
+  for (const auto& v : vols) {
+    t.add({v.name, std::to_string(v.dev_id), format_bytes(v.size_bytes),
+           v.origin.empty() ? "-" : v.origin, format_bytes(v.mapped_blocks * bb),
+           format_bytes(v.exclusive_blocks * bb), format_bytes(v.guaranteed_blocks * bb),
+           format_bytes(v.reserved_blocks * bb), v.read_only ? "no" : "yes"});
+  }
+  std::ostringstream os;
+  t.print(os);
+  return os.str();
+}
+
+}  // namespace tp::cli

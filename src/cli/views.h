@@ -1,0 +1,27 @@
+#pragma once
+// How pools and volumes look on the command line: JSON objects with stable field names
+// in bytes (CLI.md: scripts never parse human units) and human tables.
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "thin/pool.h"
+
+namespace tp::cli {
+
+// {block_bytes, size_bytes, used_bytes, free_bytes, reserved_bytes, unreserved_bytes,
+//  metadata_bytes, metadata_used_bytes, transaction_id, state, low_water_percent, volumes,
+//  and the same counts in blocks: nr_blocks, used_blocks, ...}
+nlohmann::json pool_info_json(const thin::PoolInfo& info);
+// "key  value" lines, sizes in human units and exact numbers.
+std::string pool_info_text(const std::string& dir, const thin::PoolInfo& info);
+
+// {name, dev_id, size_bytes, origin, mapped_blocks, mapped_bytes, exclusive_blocks,
+//  exclusive_bytes, guaranteed_blocks, guaranteed_bytes, reserved_blocks, reserved_bytes,
+//  writable, read_only, created_unix}; origin is null for a volume that is not a snapshot.
+nlohmann::json volume_json(const thin::VolumeInfo& v, uint32_t block_bytes);
+// NAME ID SIZE ORIGIN MAPPED EXCLUSIVE GUARANTEED RESERVED WRITABLE
+std::string volumes_table(const std::vector<thin::VolumeInfo>& vols, uint32_t block_bytes);
+
+}  // namespace tp::cli

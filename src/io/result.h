@@ -1,0 +1,115 @@
+#pragma once
+// Errors as values (STYLE.md "Errors"): every call in the core layers that can fail returns
+// tp::Result<T>. An Error is a small closed code, the errno of the failing syscall (if any),
+// the block or byte address it concerns, and a string literal: building one never allocates.
+
+#include <cerrno>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+namespace tp {
+
+enum class Errc : uint8_t {
+  kOk = 0,
+  kNotFound,         // a named thing (volume, snapshot) does not exist
+  kCorruption,       // on-disk structure failed validation
+  kNoSpace,          // data or metadata space exhausted (ENOSPC)
+  kIo,               // the device reported an error (EIO)
+  kInvalidArgument,  // bad size, offset, name...
+  kBusy,             // locked, exported, has dependents
+  kUnsupported,      // not implemented by this device / build
+  kExists,           // a named thing already exists
+  kReadOnly,         // pool or volume is read-only (EPERM for NBD writes)
+};
+
+const char* errc_name(Errc c);
+
+inline constexpr uint64_t kNoAddr = ~uint64_t{0};
+
+struct Error {
+  Errc code = Errc::kIo;
+  int sys_errno = 0;         // errno of the syscall that failed, 0 if none
+  uint64_t where = kNoAddr;  // block number or byte offset concerned, kNoAddr if none
+  const char* what = "";     // string literal
+
+  // "corruption: bad checksum (block 12)" - for logs and CLI messages.
+  std::string to_string() const;
+};
+
+inline Error make_error(Errc c, const char* what, uint64_t where = kNoAddr, int sys_errno = 0) {
+  return Error{c, sys_errno, where, what};
+}
+// From the current errno after a failed syscall.
+inline Error sys_error(const char* what, uint64_t where = kNoAddr) {
+  int e = errno;
+  return Error{e == ENOSPC ? Errc::kNoSpace : Errc::kIo, e, where, what};
+}
+
+template <typename T>
+class [[nodiscard]] Result {
+ public:
+  Result(const T& v) : v_(v) {}  // NOLINT(google-explicit-constructor)
+  Result(T&& v) : v_(std::move(v)) {}  // NOLINT
+  Result(Error e) : v_(e) {}  // NOLINT
+  template <typename U,
+            typename = std::enable_if_t<std::is_constructible_v<T, U&&> &&
+                                        !std::is_same_v<std::decay_t<U>, Error> &&
+                                        !std::is_same_v<std::decay_t<U>, Result<T>>>>
+  Result(U&& u) : v_(T(std::forward<U>(u))) {}  // NOLINT
+
+  bool ok() const { return v_.index() == 0; }
+  explicit operator bool() const { return ok(); }
+  const Error& error() const { return std::get<1>(v_); }
+  T& value() & { return std::get<0>(v_); }
+  const T& value() const& { return std::get<0>(v_); }
+  T&& value() && { return std::get<0>(std::move(v_)); }
+  T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
+  T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
+  T&& operator*() && { return std::move(*this).value(); }
+
+ private:
+  std::variant<T, Error> v_;
+};
+
+template <>
+class [[nodiscard]] Result<void> {
+ public:
+  Result() = default;
+  Result(Error e) : err_(e) {}  // NOLINT
+  bool ok() const { return !err_.has_value(); }
+  explicit operator bool() const { return ok(); }
+  const Error& error() const { return *err_; }
+  void value() const {}
+
+ private:
+  std::optional<Error> err_;
+};
+
+inline Result<void> ok_result() { return {}; }
+
+}  // namespace tp
+
+#define TP_CONCAT_INNER(a, b) a##b
+#define TP_CONCAT(a, b) TP_CONCAT_INNER(a, b)
+
+// Propagates the error of a Result-returning expression.
+#define TP_TRY(expr)                                  \
+  do {                                                \
+    auto&& tp_try_r_ = (expr);                        \
+    if (!tp_try_r_.ok()) return tp_try_r_.error();    \
+  } while (0)
+
+#define TP_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
+  auto tmp = (expr);                             \
+  if (!tmp.ok()) return tmp.error();             \
+  lhs = std::move(tmp).value()
+
+// TP_ASSIGN_OR_RETURN(auto x, f()); declares/assigns x or returns f()'s error.
+#define TP_ASSIGN_OR_RETURN(lhs, expr) \
+  TP_ASSIGN_OR_RETURN_IMPL(TP_CONCAT(tp_aor_, __LINE__), lhs, expr)

@@ -1,0 +1,139 @@
+#pragma once
+// The dm-thin metadata (kernel drivers/md/dm-thin-metadata.c): the superblock, the two-level
+// mapping tree (device id -> per-device tree of virtual block -> block_time), the
+// device-details tree, and the data and metadata space maps, committed together.
+//
+// This layer speaks of thin device ids and virtual/data block numbers only; volumes, names
+// and space policy live in `thin`.
+//
+// Sharing: a mapping is "shared" when the next write to it must copy: a node on the path
+// to it is shared between devices (ref count > 1) or its data block is referenced by more
+// than one leaf. This is exact, unlike dm-thin's time rule, and it is what the pool's
+// accounting uses too. Mapping times are still written as dm-thin does.
+//
+// Not thread-safe: the caller (thin::Pool) serialises access.
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "io/block_device.h"
+#include "pdata/block_manager.h"
+#include "pdata/btree.h"
+#include "pdata/space_map.h"
+#include "pdata/transaction_manager.h"
+
+namespace tp::pdata {
+
+struct Mapping {
+  uint64_t data_block = 0;
+  uint32_t time = 0;
+  bool shared = false;  // filled by lookup() only
+};
+
+class ThinMetadata {
+ public:
+  // Writes a fresh, empty pool's metadata onto dev (the whole device becomes metadata).
+  static Result<std::unique_ptr<ThinMetadata>> format(io::BlockDevice& dev,
+                                                      uint32_t data_block_sectors,
+                                                      uint64_t nr_data_blocks,
+                                                      size_t cache_blocks = 4096);
+  // Opens existing metadata; validates the superblock and the space map indexes.
+  static Result<std::unique_ptr<ThinMetadata>> open(io::BlockDevice& dev,
+                                                    size_t cache_blocks = 4096);
+  ~ThinMetadata();
+
+  const Superblock& superblock() const { return sb_; }
+  uint32_t time() const { return sb_.time; }
+  uint64_t trans_id() const { return sb_.trans_id; }
+  void set_trans_id(uint64_t id) { sb_.trans_id = id; }
+  uint32_t data_block_sectors() const { return sb_.data_block_size; }
+  uint64_t nr_data_blocks() const { return dsm_->nr_blocks(); }
+  uint64_t nr_free_data_blocks() const { return dsm_->nr_free(); }
+  uint64_t nr_metadata_blocks() const { return msm_->nr_blocks(); }
+  uint64_t nr_free_metadata_blocks() const { return msm_->nr_free(); }
+
+  // --- devices (pool messages create_thin, create_snap, delete) ---
+  Result<void> create_thin(uint64_t dev);
+  // O(1): the snapshot shares the origin's tree; pool time advances.
+  Result<void> create_snap(uint64_t dev, uint64_t origin);
+  // Frees what only this device used; freed data blocks are reported by take_freed().
+  Result<void> delete_device(uint64_t dev);
+  bool device_exists(uint64_t dev) const { return devices_.count(dev) != 0; }
+  std::vector<uint64_t> devices() const;
+  Result<DeviceDetails> details(uint64_t dev) const;
+  // Replaces dev's mappings by a shared copy of src's (src unchanged); dev keeps its
+  // details except mapped_blocks. Used by merge and rollback. O(1) + freeing dev's old tree.
+  Result<void> clone_tree_into(uint64_t dev, uint64_t src);
+
+  // --- mappings ---
+  // O(log n). nullopt when unmapped.
+  Result<std::optional<Mapping>> lookup(uint64_t dev, uint64_t vblock);
+  // Maps vblock to data_block (whose reference the caller already holds) with the current
+  // time; an old mapping's data block loses a reference.
+  Result<void> insert(uint64_t dev, uint64_t vblock, uint64_t data_block);
+  // Unmaps; the data block loses a reference. Returns whether it was mapped.
+  Result<bool> remove(uint64_t dev, uint64_t vblock);
+  // fn(vblock, mapping) for mapped blocks in [lo, hi] in order; return false to stop.
+  using MappingVisitor = std::function<Result<bool>(uint64_t vblock, const Mapping& m)>;
+  Result<void> walk(uint64_t dev, uint64_t lo, uint64_t hi, const MappingVisitor& fn);
+  // Like walk, with Mapping::shared filled in exactly (path sharing and data counts).
+  Result<void> walk_exact(uint64_t dev, uint64_t lo, uint64_t hi, const MappingVisitor& fn);
+  // Root of dev's mapping tree (for delta walks that skip shared subtrees).
+  Result<uint64_t> device_root(uint64_t dev) const;
+
+  // --- data space ---
+  Result<uint64_t> alloc_data_block();
+  Result<uint32_t> data_ref_count(uint64_t b) { return dsm_->get_count(b); }
+  Result<void> inc_data_block(uint64_t b) { return dsm_->inc(b); }
+  Result<void> dec_data_block(uint64_t b);
+  Result<void> resize_data(uint64_t nr_data_blocks);
+  // Data blocks freed (count reached 0) since the last take_freed(); safe to discard only
+  // after the next commit.
+  std::vector<uint64_t> take_freed() { return std::exchange(freed_, {}); }
+
+  // Commits the transaction (kernel order; superblock last). On error the metadata must
+  // be reopened: the in-core state no longer matches the disk.
+  Result<void> commit();
+
+  TransactionManager& tm() { return *tm_; }
+  SpaceMap& data_sm() { return *dsm_; }
+  SpaceMap& metadata_sm() { return *msm_; }
+  BlockManager& bm() { return *bm_; }
+
+  // Value types of the trees (bottom level reference counts data blocks).
+  const ValueType& mapping_vt() const { return mapping_vt_; }
+  static const ValueType& details_vt();
+
+ private:
+  struct DevState {
+    uint64_t root = 0;
+    DeviceDetails details;
+    bool root_changed = false;
+    bool details_changed = false;
+  };
+  ThinMetadata() = default;
+  Result<void> load_devices();
+  Result<DevState*> dev_state(uint64_t dev);
+  Result<bool> walk_exact_node(uint64_t b, bool shared, uint64_t lo, uint64_t hi,
+                               const MappingVisitor& fn, int depth);
+  static Result<void> mapping_inc(void* ctx, const std::byte* v);
+  static Result<void> mapping_dec(void* ctx, const std::byte* v);
+  static Result<void> top_inc(void* ctx, const std::byte* v);
+
+  std::unique_ptr<BlockManager> bm_;
+  std::unique_ptr<SpaceMap> msm_;
+  std::unique_ptr<SpaceMap> dsm_;
+  std::unique_ptr<TransactionManager> tm_;
+  Superblock sb_;
+  std::map<uint64_t, DevState> devices_;
+  std::vector<uint64_t> deleted_;  // device ids to remove from both trees at commit
+  std::vector<uint64_t> freed_;
+  ValueType mapping_vt_;
+  ValueType top_vt_;
+};
+
+}  // namespace tp::pdata

@@ -1,0 +1,59 @@
+#include "pdata/transaction_manager.h"
+
+#include <cstring>
+
+namespace tp::pdata {
+
+TransactionManager::TransactionManager(BlockManager& bm, SpaceMap& metadata_sm)
+    : bm_(bm), msm_(metadata_sm) {
+  msm_.bind(this);
+}
+
+Result<WriteRef> TransactionManager::new_block(const Validator& v) {
+  TP_ASSIGN_OR_RETURN(uint64_t b, msm_.new_block());
+  new_blocks_.insert(b);
+  return bm_.write_lock_zero(b, v);
+}
+
+Result<std::pair<WriteRef, bool>> TransactionManager::shadow(uint64_t b, const Validator& v) {
+  TP_ASSIGN_OR_RETURN(uint32_t count, msm_.get_count(b));
+  if (count == 0) {
+    return make_error(Errc::kCorruption, "shadowing a metadata block that is not in use", b);
+  }
+  if (is_new(b) && count == 1) {
+    TP_ASSIGN_OR_RETURN(WriteRef w, bm_.write_lock(b, v));
+    return std::pair<WriteRef, bool>{std::move(w), false};
+  }
+  // Copy first (validating the original), then take the new block.
+  std::array<std::byte, kBlockSize> copy;
+  {
+    TP_ASSIGN_OR_RETURN(ReadRef r, bm_.read_lock(b, v));
+    std::memcpy(copy.data(), r.data().data(), kBlockSize);
+  }
+  TP_ASSIGN_OR_RETURN(WriteRef w, new_block(v));
+  std::memcpy(w.data().data(), copy.data(), kBlockSize);
+  TP_TRY(msm_.dec(b));
+  return std::pair<WriteRef, bool>{std::move(w), count > 1};
+}
+
+Result<void> TransactionManager::commit(const Superblock& sb) {
+  TP_TRY(bm_.flush_dirty(kSuperblockLocation));
+  TP_TRY(bm_.sync());
+  {
+    TP_ASSIGN_OR_RETURN(WriteRef w, bm_.write_lock_zero(kSuperblockLocation,
+                                                        kSuperblockValidator));
+    encode_superblock(sb, w.data());
+  }
+  TP_TRY(bm_.flush_block(kSuperblockLocation));
+  TP_TRY(bm_.sync());
+  new_blocks_.clear();
+  msm_.on_commit();
+  return {};
+}
+
+void TransactionManager::abort() {
+  new_blocks_.clear();
+  bm_.invalidate();
+}
+
+}  // namespace tp::pdata

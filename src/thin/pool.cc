@@ -1,0 +1,715 @@
+#include "thin/pool.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <ctime>
+
+#include "pdata/checker.h"
+
+namespace tp::thin {
+
+namespace {
+
+constexpr const char* kMetadataFile = "metadata";
+constexpr const char* kDataFile = "data";
+constexpr const char* kCatalogFile = "catalog";
+constexpr const char* kLockFile = "lock";
+
+std::string path_in(const std::string& dir, const char* name) { return dir + "/" + name; }
+
+bool exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+// Takes the pool's lock file exclusively, without waiting.
+Result<int> take_lock(const std::string& dir) {
+  std::string p = path_in(dir, kLockFile);
+  int fd = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return sys_error("open lock file");
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int e = errno;
+    ::close(fd);
+    if (e == EWOULDBLOCK) {
+      return make_error(Errc::kBusy, "pool is in use by another process");
+    }
+    errno = e;
+    return sys_error("lock pool");
+  }
+  std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd, 0) == 0) {
+    (void)!::pwrite(fd, pid.data(), pid.size(), 0);
+  }
+  return fd;
+}
+
+Result<void> validate_size(uint64_t size_bytes) {
+  if (size_bytes == 0) return make_error(Errc::kInvalidArgument, "volume size must be > 0");
+  if (size_bytes % 512 != 0) {
+    return make_error(Errc::kInvalidArgument, "volume size must be a multiple of 512 bytes");
+  }
+  if (size_bytes > kMaxVolumeBytes) {
+    return make_error(Errc::kInvalidArgument, "volume size exceeds the 1 EiB limit");
+  }
+  return {};
+}
+
+}  // namespace
+
+uint64_t default_metadata_bytes(uint64_t data_bytes, uint32_t block_bytes) {
+  uint64_t blocks = data_bytes / block_bytes;
+  uint64_t bytes = 96 * blocks + (4 << 20);
+  bytes = (bytes + pdata::kBlockSize - 1) / pdata::kBlockSize * pdata::kBlockSize;
+  return std::min<uint64_t>(bytes, pdata::kMaxMetadataBlocks * pdata::kBlockSize);
+}
+
+const char* pool_state_name(PoolState s) {
+  switch (s) {
+    case PoolState::kOk: return "ok";
+    case PoolState::kLow: return "low";
+    case PoolState::kFull: return "full";
+    case PoolState::kReadOnly: return "read-only";
+  }
+  return "?";
+}
+
+Pool::~Pool() {
+  // No commit here (STYLE.md): close() commits. Closing the fd releases the lock.
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
+Result<std::unique_ptr<Pool>> Pool::create(const std::string& dir, const PoolOptions& opts) {
+  uint32_t bb = opts.block_bytes;
+  if (bb < kMinBlockBytes || bb > kMaxBlockBytes || bb % kMinBlockBytes != 0) {
+    return make_error(Errc::kInvalidArgument,
+                      "block size must be 64 KiB to 1 GiB and a multiple of 64 KiB");
+  }
+  uint64_t nr_blocks = opts.data_bytes / bb;
+  if (nr_blocks == 0) {
+    return make_error(Errc::kInvalidArgument, "pool size must hold at least one block");
+  }
+  if (nr_blocks > pdata::kMaxDataBlock) {
+    return make_error(Errc::kInvalidArgument, "pool size exceeds the format's limit");
+  }
+  uint64_t meta_bytes = opts.metadata_bytes ? opts.metadata_bytes
+                                            : default_metadata_bytes(nr_blocks * bb, bb);
+  if (meta_bytes < (1 << 20)) {
+    return make_error(Errc::kInvalidArgument, "metadata size must be at least 1 MiB");
+  }
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    return sys_error("create pool directory");
+  }
+  for (const char* f : {kMetadataFile, kDataFile, kCatalogFile}) {
+    if (exists(path_in(dir, f))) {
+      return make_error(Errc::kExists, "directory already holds a pool");
+    }
+  }
+  std::unique_ptr<Pool> p(new Pool());
+  p->dir_ = dir;
+  TP_ASSIGN_OR_RETURN(p->lock_fd_, take_lock(dir));
+  p->block_bytes_ = bb;
+  TP_ASSIGN_OR_RETURN(p->data_, io::create_file(path_in(dir, kDataFile), nr_blocks * bb));
+  TP_ASSIGN_OR_RETURN(p->meta_dev_, io::create_file(path_in(dir, kMetadataFile), meta_bytes));
+  TP_ASSIGN_OR_RETURN(p->md_, pdata::ThinMetadata::format(*p->meta_dev_, bb / 512, nr_blocks));
+  p->cat_.settings.block_bytes = bb;
+  p->cat_.settings.data_bytes = nr_blocks * bb;
+  TP_ASSIGN_OR_RETURN(catalog::CatalogFile cf,
+                      catalog::CatalogFile::create(path_in(dir, kCatalogFile), p->cat_,
+                                                   p->md_->trans_id()));
+  p->catfile_ = std::make_unique<catalog::CatalogFile>(std::move(cf));
+  return p;
+}
+
+Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir) {
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return make_error(Errc::kCorruption, "not a pool: no such directory");
+  }
+  if (!exists(path_in(dir, kMetadataFile)) || !exists(path_in(dir, kCatalogFile)) ||
+      !exists(path_in(dir, kDataFile))) {
+    return make_error(Errc::kCorruption, "not a pool: metadata, data or catalog file missing");
+  }
+  std::unique_ptr<Pool> p(new Pool());
+  p->dir_ = dir;
+  TP_ASSIGN_OR_RETURN(p->lock_fd_, take_lock(dir));
+  TP_ASSIGN_OR_RETURN(p->meta_dev_, io::open_file(path_in(dir, kMetadataFile)));
+  TP_ASSIGN_OR_RETURN(p->md_, pdata::ThinMetadata::open(*p->meta_dev_));
+  TP_ASSIGN_OR_RETURN(catalog::CatalogFile cf,
+                      catalog::CatalogFile::open(path_in(dir, kCatalogFile), p->md_->trans_id()));
+  p->catfile_ = std::make_unique<catalog::CatalogFile>(std::move(cf));
+  p->cat_ = p->catfile_->current();
+  p->block_bytes_ = p->md_->data_block_sectors() * 512;
+  if (p->cat_.settings.block_bytes != p->block_bytes_) {
+    return make_error(Errc::kCorruption, "catalog and metadata disagree on the block size");
+  }
+  TP_ASSIGN_OR_RETURN(p->data_, io::open_file(path_in(dir, kDataFile)));
+  if (p->data_->size() < p->md_->nr_data_blocks() * p->block_bytes_) {
+    return make_error(Errc::kCorruption, "data file is shorter than the pool");
+  }
+  for (auto& [name, v] : p->cat_.volumes) {
+    if (!p->md_->device_exists(v.dev_id)) {
+      return make_error(Errc::kCorruption, "catalog names a volume the metadata does not have",
+                        v.dev_id);
+    }
+  }
+  for (uint64_t dev : p->md_->devices()) {
+    if (!p->cat_.find_dev(dev)) {
+      return make_error(Errc::kCorruption, "metadata has a device the catalog does not name",
+                        dev);
+    }
+  }
+  return p;
+}
+
+Result<void> Pool::close() {
+  std::unique_lock lk(mu_);
+  if (!failed_) {
+    io_done_.wait(lk, [&] { return inflight_ == 0; });
+    TP_TRY(commit_locked());
+  }
+  if (lock_fd_ >= 0) {
+    ::close(lock_fd_);
+    lock_fd_ = -1;
+  }
+  return {};
+}
+
+void Pool::end_io() {
+  std::lock_guard lk(mu_);
+  if (--inflight_ == 0) io_done_.notify_all();
+}
+
+Result<void> Pool::commit_locked() {
+  if (failed_) {
+    return make_error(Errc::kReadOnly, "pool is read-only after a failed commit; reopen it");
+  }
+  // Data first: every write acknowledged before this flush must be durable before the
+  // metadata that maps it.
+  if (auto r = data_->flush(); !r.ok()) {
+    failed_ = true;
+    return r;
+  }
+  if (!dirty_) return {};
+  uint64_t next = md_->trans_id() + 1;
+  // The catalog generation goes first (two generations: see catalog.h), then the
+  // metadata transaction with the superblock last.
+  if (auto r = catfile_->write(cat_, next); !r.ok()) {
+    failed_ = true;
+    return r;
+  }
+  md_->set_trans_id(next);
+  if (auto r = md_->commit(); !r.ok()) {
+    failed_ = true;
+    return r;
+  }
+  dirty_ = false;
+  // Blocks freed in the transaction are free in the committed state only now: give their
+  // space back to the host filesystem. A failure here loses nothing (a new block is always
+  // punched or fully overwritten before it is mapped).
+  for (uint64_t b : md_->take_freed()) {
+    (void)data_->discard(b * block_bytes_, block_bytes_);
+  }
+  return {};
+}
+
+Result<void> Pool::flush() {
+  std::unique_lock lk(mu_);
+  io_done_.wait(lk, [&] { return inflight_ == 0; });
+  return commit_locked();
+}
+
+uint64_t Pool::metadata_writes() { return md_->bm().stats().writes; }
+
+Result<const catalog::VolumeRecord*> Pool::record_locked(const std::string& name) {
+  const catalog::VolumeRecord* v = cat_.find(name);
+  if (!v) return make_error(Errc::kNotFound, "no such volume");
+  return v;
+}
+
+Result<const catalog::VolumeRecord*> Pool::record_by_dev_locked(uint64_t dev) {
+  const catalog::VolumeRecord* v = cat_.find_dev(dev);
+  if (!v) return make_error(Errc::kNotFound, "no such volume", dev);
+  return v;
+}
+
+Result<uint64_t> Pool::dev_id(const std::string& name) {
+  std::lock_guard lk(mu_);
+  TP_ASSIGN_OR_RETURN(auto* v, record_locked(name));
+  return v->dev_id;
+}
+
+Result<uint64_t> Pool::size_of(uint64_t dev) {
+  std::lock_guard lk(mu_);
+  TP_ASSIGN_OR_RETURN(auto* v, record_by_dev_locked(dev));
+  return v->size_bytes;
+}
+
+PoolInfo Pool::info() {
+  std::lock_guard lk(mu_);
+  PoolInfo i;
+  i.block_bytes = block_bytes_;
+  i.nr_blocks = md_->nr_data_blocks();
+  i.free_blocks = md_->nr_free_data_blocks();
+  i.used_blocks = i.nr_blocks - i.free_blocks;
+  i.reserved_blocks = 0;
+  i.unreserved_blocks = i.free_blocks - i.reserved_blocks;
+  i.metadata_blocks = md_->nr_metadata_blocks();
+  i.metadata_used_blocks = md_->nr_metadata_blocks() - md_->nr_free_metadata_blocks();
+  i.trans_id = md_->trans_id();
+  i.low_water_percent = cat_.settings.low_water_percent;
+  i.volumes = cat_.volumes.size();
+  i.data_file_allocated_bytes = data_->allocated_bytes();
+  if (failed_) {
+    i.state = PoolState::kReadOnly;
+  } else if (i.unreserved_blocks == 0) {
+    i.state = PoolState::kFull;
+  } else if (i.unreserved_blocks * 100 < uint64_t{i.low_water_percent} * i.nr_blocks) {
+    i.state = PoolState::kLow;
+  }
+  return i;
+}
+
+std::vector<VolumeInfo> Pool::list() {
+  std::vector<std::string> names;
+  {
+    std::lock_guard lk(mu_);
+    for (auto& [name, v] : cat_.volumes) names.push_back(name);
+  }
+  std::vector<VolumeInfo> out;
+  for (auto& n : names) {
+    auto v = volume(n);
+    if (v.ok()) out.push_back(*v);
+  }
+  return out;
+}
+
+Result<VolumeInfo> Pool::volume(const std::string& name) {
+  std::lock_guard lk(mu_);
+  TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
+  VolumeInfo vi;
+  vi.name = rec->name;
+  vi.dev_id = rec->dev_id;
+  vi.size_bytes = rec->size_bytes;
+  vi.origin = rec->origin;
+  vi.read_only = rec->read_only;
+  vi.created_unix = rec->created_unix;
+  TP_ASSIGN_OR_RETURN(auto det, md_->details(rec->dev_id));
+  vi.mapped_blocks = det.mapped_blocks;
+  uint64_t excl = 0;
+  TP_TRY(md_->walk_exact(rec->dev_id, 0, ~uint64_t{0},
+                         [&](uint64_t, const pdata::Mapping& m) -> Result<bool> {
+                           excl += !m.shared;
+                           return true;
+                         }));
+  vi.exclusive_blocks = excl;
+  vi.guaranteed_blocks = 0;
+  vi.reserved_blocks = 0;
+  return vi;
+}
+
+// ---------------------------------------------------------------- volume operations
+
+Result<void> Pool::create_volume(const std::string& name, uint64_t size_bytes) {
+  if (!catalog::valid_volume_name(name)) {
+    return make_error(Errc::kInvalidArgument, "invalid volume name");
+  }
+  TP_TRY(validate_size(size_bytes));
+  std::lock_guard lk(mu_);
+  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  if (cat_.find(name)) return make_error(Errc::kExists, "volume already exists");
+  uint64_t dev = cat_.next_dev_id;
+  if (dev > pdata::kMaxDevId) return make_error(Errc::kNoSpace, "no thin device ids left");
+  TP_TRY(md_->create_thin(dev));
+  cat_.next_dev_id++;
+  catalog::VolumeRecord rec;
+  rec.name = name;
+  rec.dev_id = dev;
+  rec.size_bytes = size_bytes;
+  rec.created_unix = static_cast<int64_t>(::time(nullptr));
+  cat_.volumes[name] = rec;
+  dirty_ = true;
+  return commit_locked();
+}
+
+Result<void> Pool::snapshot(const std::string& origin, const std::string& name, bool writable) {
+  if (!catalog::valid_volume_name(name)) {
+    return make_error(Errc::kInvalidArgument, "invalid volume name");
+  }
+  std::unique_lock lk(mu_);
+  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_ASSIGN_OR_RETURN(auto* o, record_locked(origin));
+  if (cat_.find(name)) return make_error(Errc::kExists, "volume already exists");
+  uint64_t dev = cat_.next_dev_id;
+  if (dev > pdata::kMaxDevId) return make_error(Errc::kNoSpace, "no thin device ids left");
+  // In-flight writes to the origin must land before the tree is shared.
+  io_done_.wait(lk, [&] { return inflight_ == 0; });
+  TP_TRY(md_->create_snap(dev, o->dev_id));
+  cat_.next_dev_id++;
+  catalog::VolumeRecord rec;
+  rec.name = name;
+  rec.dev_id = dev;
+  rec.size_bytes = o->size_bytes;
+  rec.read_only = !writable;
+  rec.origin = o->name;
+  rec.origin_dev_id = o->dev_id;
+  rec.created_unix = static_cast<int64_t>(::time(nullptr));
+  cat_.volumes[name] = rec;
+  dirty_ = true;
+  return commit_locked();
+}
+
+Result<void> Pool::remove_locked(const std::string& name) {
+  TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
+  TP_TRY(md_->delete_device(rec->dev_id));
+  cat_.volumes.erase(name);
+  dirty_ = true;
+  return {};
+}
+
+Result<void> Pool::remove(const std::string& name, bool recursive) {
+  std::unique_lock lk(mu_);
+  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_TRY(record_locked(name));
+  // Descendants, deepest first.
+  std::vector<std::string> order;
+  std::vector<std::string> frontier{name};
+  while (!frontier.empty()) {
+    std::string cur = frontier.back();
+    frontier.pop_back();
+    order.push_back(cur);
+    for (auto& [n, v] : cat_.volumes) {
+      if (v.origin == cur) frontier.push_back(n);
+    }
+  }
+  if (order.size() > 1 && !recursive) {
+    return make_error(Errc::kBusy, "volume has snapshots (remove them or use --recursive)");
+  }
+  io_done_.wait(lk, [&] { return inflight_ == 0; });
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    TP_TRY(remove_locked(*it));
+  }
+  return commit_locked();
+}
+
+Result<void> Pool::resize(const std::string& name, uint64_t size_bytes) {
+  TP_TRY(validate_size(size_bytes));
+  std::unique_lock lk(mu_);
+  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
+  uint64_t dev = rec->dev_id;
+  uint64_t old = rec->size_bytes;
+  if (size_bytes < old) {
+    io_done_.wait(lk, [&] { return inflight_ == 0; });
+    uint64_t B = block_bytes_;
+    uint64_t first_gone = (size_bytes + B - 1) / B;
+    TP_TRY(unmap_locked(dev, first_gone, ~uint64_t{0}));
+    // The kept part of a partial last block must not bring old bytes back on regrow.
+    if (size_bytes % B != 0) {
+      uint64_t vb = size_bytes / B;
+      TP_ASSIGN_OR_RETURN(auto m, md_->lookup(dev, vb));
+      if (m) {
+        uint32_t boff = static_cast<uint32_t>(size_bytes % B);
+        TP_ASSIGN_OR_RETURN(uint64_t target, prepare_write_locked(dev, vb, boff, B - boff));
+        TP_TRY(data_->write_zeroes(target * B + boff, B - boff));
+      }
+    }
+  }
+  cat_.find(name)->size_bytes = size_bytes;
+  dirty_ = true;
+  return commit_locked();
+}
+
+Result<void> Pool::extend(uint64_t data_bytes) {
+  std::unique_lock lk(mu_);
+  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  uint64_t nr = data_bytes / block_bytes_;
+  if (nr <= md_->nr_data_blocks()) {
+    return make_error(Errc::kInvalidArgument, "new pool size must be larger than the current one");
+  }
+  if (nr > pdata::kMaxDataBlock) {
+    return make_error(Errc::kInvalidArgument, "pool size exceeds the format's limit");
+  }
+  TP_TRY(data_->resize(nr * block_bytes_));
+  TP_TRY(md_->resize_data(nr));
+  cat_.settings.data_bytes = nr * block_bytes_;
+  dirty_ = true;
+  return commit_locked();
+}
+
+// ---------------------------------------------------------------- I/O path
+
+Result<void> Pool::check_writable_locked(uint64_t dev) {
+  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
+  if (rec->read_only) return make_error(Errc::kReadOnly, "volume is a read-only snapshot");
+  return {};
+}
+
+Result<uint64_t> Pool::prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t boff,
+                                            uint32_t len) {
+  TP_ASSIGN_OR_RETURN(auto m, md_->lookup(dev, vb));
+  if (m && !m->shared) return m->data_block;  // exclusive: in place
+  TP_ASSIGN_OR_RETURN(uint64_t nb, md_->alloc_data_block());
+  uint64_t B = block_bytes_;
+  if (!(boff == 0 && len == B)) {
+    // Partial write: the rest of the block must be the old content (copy-on-write) or
+    // zeros, never what the data block held before (stale data).
+    Result<void> r = m ? data_->copy(m->data_block * B, nb * B, B) : data_->discard(nb * B, B);
+    if (!r.ok()) {
+      (void)md_->dec_data_block(nb);
+      return r.error();
+    }
+  }
+  TP_TRY(md_->insert(dev, vb, nb));
+  dirty_ = true;
+  return nb;
+}
+
+Result<void> Pool::read(uint64_t dev, uint64_t off, std::span<std::byte> buf) {
+  if (buf.empty()) return {};
+  const uint64_t B = block_bytes_;
+  thread_local std::vector<std::pair<uint64_t, uint64_t>> maps;  // (vb, data block)
+  maps.clear();
+  {
+    std::lock_guard lk(mu_);
+    TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
+    if (off > rec->size_bytes || buf.size() > rec->size_bytes - off) {
+      return make_error(Errc::kInvalidArgument, "read beyond the end of the volume", off);
+    }
+    uint64_t vb0 = off / B, vb1 = (off + buf.size() - 1) / B;
+    TP_TRY(md_->walk(dev, vb0, vb1, [&](uint64_t vb, const pdata::Mapping& m) -> Result<bool> {
+      maps.emplace_back(vb, m.data_block);
+      return true;
+    }));
+    begin_io_locked();
+  }
+  std::memset(buf.data(), 0, buf.size());
+  Result<void> res;
+  for (size_t i = 0; i < maps.size() && res.ok();) {
+    // Merge runs of consecutive virtual blocks on consecutive data blocks into one read.
+    size_t j = i + 1;
+    while (j < maps.size() && maps[j].first == maps[j - 1].first + 1 &&
+           maps[j].second == maps[j - 1].second + 1) {
+      j++;
+    }
+    uint64_t v_begin = std::max(off, maps[i].first * B);
+    uint64_t v_end = std::min(off + buf.size(), (maps[j - 1].first + 1) * B);
+    uint64_t d = maps[i].second * B + (v_begin - maps[i].first * B);
+    res = data_->read(d, buf.subspan(v_begin - off, v_end - v_begin));
+    i = j;
+  }
+  end_io();
+  return res;
+}
+
+Result<void> Pool::write(uint64_t dev, uint64_t off, std::span<const std::byte> buf) {
+  if (buf.empty()) return {};
+  const uint64_t B = block_bytes_;
+  thread_local std::vector<std::pair<uint64_t, uint64_t>> targets;  // (vb, data block)
+  targets.clear();
+  Result<void> prep;
+  {
+    std::lock_guard lk(mu_);
+    TP_TRY(check_writable_locked(dev));
+    TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
+    if (off > rec->size_bytes || buf.size() > rec->size_bytes - off) {
+      return make_error(Errc::kInvalidArgument, "write beyond the end of the volume", off);
+    }
+    uint64_t end = off + buf.size();
+    for (uint64_t vb = off / B; vb * B < end; vb++) {
+      uint64_t b_begin = std::max(off, vb * B), b_end = std::min(end, (vb + 1) * B);
+      auto t = prepare_write_locked(dev, vb, static_cast<uint32_t>(b_begin - vb * B),
+                                    static_cast<uint32_t>(b_end - b_begin));
+      if (!t.ok()) {
+        prep = t.error();
+        break;
+      }
+      targets.emplace_back(vb, *t);
+    }
+    if (targets.empty()) return prep;
+    begin_io_locked();
+  }
+  Result<void> res;
+  for (size_t i = 0; i < targets.size() && res.ok();) {
+    size_t j = i + 1;
+    while (j < targets.size() && targets[j].second == targets[j - 1].second + 1) j++;
+    uint64_t v_begin = std::max(off, targets[i].first * B);
+    uint64_t v_end = std::min(off + buf.size(), (targets[j - 1].first + 1) * B);
+    uint64_t d = targets[i].second * B + (v_begin - targets[i].first * B);
+    res = data_->write(d, buf.subspan(v_begin - off, v_end - v_begin));
+    i = j;
+  }
+  end_io();
+  if (!res.ok()) return res;
+  return prep;
+}
+
+Result<void> Pool::unmap_locked(uint64_t dev, uint64_t vb_begin, uint64_t vb_end) {
+  if (vb_begin >= vb_end) return {};
+  std::vector<uint64_t> vbs;
+  TP_TRY(md_->walk(dev, vb_begin, vb_end - 1,
+                   [&](uint64_t vb, const pdata::Mapping&) -> Result<bool> {
+                     vbs.push_back(vb);
+                     return true;
+                   }));
+  for (uint64_t vb : vbs) {
+    TP_TRY(md_->remove(dev, vb));
+    dirty_ = true;
+  }
+  return {};
+}
+
+Result<void> Pool::trim(uint64_t dev, uint64_t off, uint64_t len) {
+  if (len == 0) return {};
+  std::unique_lock lk(mu_);
+  TP_TRY(check_writable_locked(dev));
+  TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
+  if (off > rec->size_bytes || len > rec->size_bytes - off) {
+    return make_error(Errc::kInvalidArgument, "trim beyond the end of the volume", off);
+  }
+  const uint64_t B = block_bytes_;
+  uint64_t first = (off + B - 1) / B;
+  uint64_t last = (off + len) / B;  // exclusive
+  // The tail of the volume counts as a whole block when the range reaches the end.
+  if (off + len == rec->size_bytes) last = (rec->size_bytes + B - 1) / B;
+  return unmap_locked(dev, first, last);
+}
+
+Result<void> Pool::write_zeroes(uint64_t dev, uint64_t off, uint64_t len) {
+  if (len == 0) return {};
+  const uint64_t B = block_bytes_;
+  uint64_t end = off + len;
+  {
+    std::unique_lock lk(mu_);
+    TP_TRY(check_writable_locked(dev));
+    TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
+    if (off > rec->size_bytes || len > rec->size_bytes - off) {
+      return make_error(Errc::kInvalidArgument, "write_zeroes beyond the end of the volume", off);
+    }
+    uint64_t first = (off + B - 1) / B, last = end / B;
+    if (end == rec->size_bytes) last = (end + B - 1) / B;
+    TP_TRY(unmap_locked(dev, first, std::max(first, last)));
+  }
+  // Partial blocks at either end: zeros where the block is mapped (unmapped reads zeros).
+  for (uint64_t vb : {off / B, (end - 1) / B}) {
+    uint64_t b_begin = std::max(off, vb * B), b_end = std::min(end, (vb + 1) * B);
+    if (b_begin == vb * B && b_end == (vb + 1) * B) continue;  // whole: unmapped above
+    std::unique_lock lk(mu_);
+    TP_ASSIGN_OR_RETURN(auto m, md_->lookup(dev, vb));
+    if (!m) continue;
+    uint32_t boff = static_cast<uint32_t>(b_begin - vb * B);
+    TP_ASSIGN_OR_RETURN(uint64_t target,
+                        prepare_write_locked(dev, vb, boff, static_cast<uint32_t>(b_end - b_begin)));
+    TP_TRY(data_->write_zeroes(target * B + boff, b_end - b_begin));
+    if (off / B == (end - 1) / B) break;  // one block: done
+  }
+  return {};
+}
+
+Result<std::vector<Extent>> Pool::extents(uint64_t dev, uint64_t off, uint64_t len) {
+  std::vector<Extent> out;
+  if (len == 0) return out;
+  const uint64_t B = block_bytes_;
+  std::lock_guard lk(mu_);
+  TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
+  if (off > rec->size_bytes || len > rec->size_bytes - off) {
+    return make_error(Errc::kInvalidArgument, "range beyond the end of the volume", off);
+  }
+  uint64_t end = off + len;
+  uint64_t pos = off;
+  auto add = [&](uint64_t a, uint64_t b, bool mapped) {
+    if (a >= b) return;
+    if (!out.empty() && out.back().mapped == mapped && out.back().offset + out.back().length == a) {
+      out.back().length += b - a;
+    } else {
+      out.push_back({a, b - a, mapped});
+    }
+  };
+  TP_TRY(md_->walk(dev, off / B, (end - 1) / B,
+                   [&](uint64_t vb, const pdata::Mapping&) -> Result<bool> {
+                     uint64_t a = std::max(off, vb * B), b = std::min(end, (vb + 1) * B);
+                     add(pos, a, false);
+                     add(a, b, true);
+                     pos = b;
+                     return true;
+                   }));
+  add(pos, end, false);
+  return out;
+}
+
+// ---------------------------------------------------------------- delta and check
+
+Result<std::vector<DeltaRange>> Pool::delta(const std::string& a, const std::string& b) {
+  std::lock_guard lk(mu_);
+  TP_ASSIGN_OR_RETURN(auto* ra, record_locked(a));
+  TP_ASSIGN_OR_RETURN(auto* rb, record_locked(b));
+  TP_ASSIGN_OR_RETURN(uint64_t root_a, md_->device_root(ra->dev_id));
+  TP_ASSIGN_OR_RETURN(uint64_t root_b, md_->device_root(rb->dev_id));
+  std::vector<DeltaRange> out;
+  const uint64_t B = block_bytes_;
+  TP_TRY(pdata::btree_diff(
+      md_->bm(), root_a, root_b, 8,
+      [&](uint64_t vb, const std::byte* va, const std::byte* vb_) -> Result<bool> {
+        const char* kind;
+        if (va && vb_) {
+          // Same data block (a shadowed copy of a shared leaf): not a change.
+          if (pdata::bt_block(pdata::load_le64(va)) == pdata::bt_block(pdata::load_le64(vb_))) {
+            return true;
+          }
+          kind = "changed";
+        } else {
+          kind = va ? "removed" : "added";
+        }
+        if (!out.empty() && std::strcmp(out.back().kind, kind) == 0 &&
+            out.back().offset + out.back().length == vb * B) {
+          out.back().length += B;
+        } else {
+          out.push_back({vb * B, B, kind});
+        }
+        return true;
+      }));
+  return out;
+}
+
+Result<CheckResult> Pool::check() {
+  std::unique_lock lk(mu_);
+  io_done_.wait(lk, [&] { return inflight_ == 0; });
+  if (dirty_) TP_TRY(commit_locked());
+  CheckResult res;
+  TP_ASSIGN_OR_RETURN(auto rep, pdata::check_metadata(*md_));
+  res.damage = std::move(rep.damage);
+  res.warnings = std::move(rep.warnings);
+  res.nodes = rep.nodes;
+  res.mappings = rep.mappings;
+  for (auto& [name, v] : cat_.volumes) {
+    if (!md_->device_exists(v.dev_id)) {
+      res.damage.push_back("volume " + name + ": thin device " + std::to_string(v.dev_id) +
+                           " is missing from the metadata");
+      continue;
+    }
+    uint64_t nr_vblocks = (v.size_bytes + block_bytes_ - 1) / block_bytes_;
+    bool beyond = false;
+    TP_TRY(md_->walk(v.dev_id, nr_vblocks, ~uint64_t{0},
+                     [&](uint64_t, const pdata::Mapping&) -> Result<bool> {
+                       beyond = true;
+                       return false;
+                     }));
+    if (beyond) res.damage.push_back("volume " + name + " maps blocks beyond its size");
+    if (!v.origin.empty() && !cat_.find(v.origin)) {
+      res.warnings.push_back("volume " + name + ": origin " + v.origin + " no longer exists");
+    }
+  }
+  for (uint64_t dev : md_->devices()) {
+    if (!cat_.find_dev(dev)) {
+      res.damage.push_back("thin device " + std::to_string(dev) + " has no volume in the catalog");
+    }
+  }
+  return res;
+}
+
+}  // namespace tp::thin

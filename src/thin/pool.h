@@ -1,0 +1,186 @@
+#pragma once
+// thin::Pool: a thin pool in a directory (SEMANTICS.md "Words"):
+//   metadata  dm-thin metadata (pdata::ThinMetadata)
+//   data      the data device: a sparse file of nr_blocks * block_bytes
+//   catalog   names, sizes, flags, lineage, guarantees (catalog::CatalogFile)
+//   lock      flock()ed exclusively by the process that has the pool open
+//
+// Volumes are dm-thin devices with a name; I/O is at byte granularity over block-sized
+// mappings: unmapped blocks read as zeros; the first write to a block allocates it; a
+// write to a shared block copies it first (unless it covers the whole block); trim unmaps
+// whole blocks. A new block is never readable with stale bytes: it is punched before it
+// is mapped unless the write covers all of it.
+//
+// Durability (flush/commit): data device fdatasync, then the catalog generation for the
+// next transaction id, then the metadata transaction (superblock last). See
+// docs/SEMANTICS.md "Durability and isolation".
+//
+// Thread-safety: every public method may be called from several threads. Metadata work is
+// serialised by one mutex; data-device reads and writes run outside it, and a commit waits
+// for those in flight, so a block freed in a transaction cannot be reused (the space map
+// never hands it out before the commit) while an older request still touches it.
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "catalog/catalog.h"
+#include "io/block_device.h"
+#include "pdata/thin_metadata.h"
+
+namespace tp::thin {
+
+inline constexpr uint64_t kMaxVolumeBytes = 1ull << 60;  // 1 EiB
+inline constexpr uint32_t kMinBlockBytes = 64 * 1024;
+inline constexpr uint64_t kMaxBlockBytes = 1ull << 30;
+
+struct PoolOptions {
+  uint64_t data_bytes = 0;           // rounded down to whole blocks
+  uint32_t block_bytes = 64 * 1024;  // 64 KiB .. 1 GiB, a multiple of 64 KiB
+  uint64_t metadata_bytes = 0;       // 0: sized like thin_metadata_size, with head room
+};
+
+// A recommended metadata size for a pool (48 bytes per data block, as dm-thin's sizing
+// guide, doubled for snapshots' copies, plus 4 MiB; at most the format's limit).
+uint64_t default_metadata_bytes(uint64_t data_bytes, uint32_t block_bytes);
+
+enum class PoolState { kOk, kLow, kFull, kReadOnly };
+const char* pool_state_name(PoolState s);
+
+struct PoolInfo {
+  uint32_t block_bytes = 0;
+  uint64_t nr_blocks = 0;
+  uint64_t used_blocks = 0;      // data blocks with ref count > 0
+  uint64_t free_blocks = 0;
+  uint64_t reserved_blocks = 0;  // promised to guarantees and reservations
+  uint64_t unreserved_blocks = 0;
+  uint64_t metadata_blocks = 0;  // 4 KiB blocks
+  uint64_t metadata_used_blocks = 0;
+  uint64_t trans_id = 0;
+  uint32_t low_water_percent = 10;
+  PoolState state = PoolState::kOk;
+  uint64_t volumes = 0;
+  uint64_t data_file_allocated_bytes = 0;  // host filesystem usage of the data file
+};
+
+struct VolumeInfo {
+  std::string name;
+  uint64_t dev_id = 0;
+  uint64_t size_bytes = 0;
+  std::string origin;
+  bool read_only = false;
+  int64_t created_unix = 0;
+  uint64_t mapped_blocks = 0;
+  uint64_t exclusive_blocks = 0;   // mapped and not shared with any other volume
+  uint64_t guaranteed_blocks = 0;  // blocks in the guarantee
+  uint64_t reserved_blocks = 0;    // R(v): what the pool holds back for this volume
+};
+
+// A changed range between two volumes (bytes). kind: "added" (mapped only in B),
+// "removed" (mapped only in A), "changed" (both mapped, different data).
+struct DeltaRange {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  const char* kind = "changed";
+};
+
+// A run of virtual bytes and whether it is mapped (for sparse reads and block status).
+struct Extent {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  bool mapped = false;
+};
+
+struct CheckResult {
+  std::vector<std::string> damage;
+  std::vector<std::string> warnings;
+  uint64_t nodes = 0, mappings = 0;
+  bool ok() const { return damage.empty(); }
+};
+
+class Pool {
+ public:
+  // Creates a pool in dir (created if missing; must not already hold a pool).
+  static Result<std::unique_ptr<Pool>> create(const std::string& dir, const PoolOptions& opts);
+  // Opens the pool in dir, taking its lock (kBusy if another process holds it).
+  static Result<std::unique_ptr<Pool>> open(const std::string& dir);
+  ~Pool();
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+
+  // Commits (if anything changed) and releases the pool. The destructor does not commit.
+  Result<void> close();
+
+  const std::string& dir() const { return dir_; }
+  uint32_t block_bytes() const { return block_bytes_; }
+
+  PoolInfo info();
+  std::vector<VolumeInfo> list();
+  Result<VolumeInfo> volume(const std::string& name);
+  // dev id of a volume by name.
+  Result<uint64_t> dev_id(const std::string& name);
+
+  // --- volume operations; each is committed before it returns ---
+  Result<void> create_volume(const std::string& name, uint64_t size_bytes);
+  Result<void> snapshot(const std::string& origin, const std::string& name, bool writable);
+  Result<void> remove(const std::string& name, bool recursive);
+  Result<void> resize(const std::string& name, uint64_t size_bytes);
+  Result<void> extend(uint64_t data_bytes);
+
+  // --- I/O by device id; byte granularity. Durable after flush(). ---
+  Result<uint64_t> size_of(uint64_t dev);
+  Result<void> read(uint64_t dev, uint64_t off, std::span<std::byte> buf);
+  Result<void> write(uint64_t dev, uint64_t off, std::span<const std::byte> buf);
+  Result<void> trim(uint64_t dev, uint64_t off, uint64_t len);
+  // Zeros the range: whole blocks are unmapped, partial ones written with zeros.
+  Result<void> write_zeroes(uint64_t dev, uint64_t off, uint64_t len);
+  Result<void> flush();
+
+  // Mapped/unmapped runs covering [off, off+len). O(mapped blocks in the range).
+  Result<std::vector<Extent>> extents(uint64_t dev, uint64_t off, uint64_t len);
+  // Where A and B differ; skips subtrees the two share.
+  Result<std::vector<DeltaRange>> delta(const std::string& a, const std::string& b);
+
+  // Full check: metadata (trees, reference counts), catalog against metadata.
+  Result<CheckResult> check();
+
+  // For tests and benchmarks.
+  pdata::ThinMetadata& metadata() { return *md_; }
+  io::BlockDevice& data_device() { return *data_; }
+  uint64_t metadata_writes();
+
+ private:
+  Pool() = default;
+  struct InFlight;
+  Result<void> commit_locked();
+  Result<const catalog::VolumeRecord*> record_locked(const std::string& name);
+  Result<const catalog::VolumeRecord*> record_by_dev_locked(uint64_t dev);
+  Result<void> check_writable_locked(uint64_t dev);
+  // Maps the block for a write of [boff, boff+len) and returns its data block.
+  Result<uint64_t> prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t boff, uint32_t len);
+  Result<void> unmap_locked(uint64_t dev, uint64_t vb_begin, uint64_t vb_end);
+  Result<void> remove_locked(const std::string& name);
+  void begin_io_locked() { inflight_++; }
+  void end_io();
+
+  std::string dir_;
+  int lock_fd_ = -1;
+  uint32_t block_bytes_ = 0;
+  std::unique_ptr<io::BlockDevice> meta_dev_;
+  std::unique_ptr<io::BlockDevice> data_;
+  std::unique_ptr<pdata::ThinMetadata> md_;
+  std::unique_ptr<catalog::CatalogFile> catfile_;
+  catalog::Catalog cat_;
+  bool dirty_ = false;       // uncommitted changes
+  bool failed_ = false;      // a commit failed: read-only until reopened
+  std::mutex mu_;
+  std::condition_variable io_done_;
+  uint64_t inflight_ = 0;
+};
+
+}  // namespace tp::thin

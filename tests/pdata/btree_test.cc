@@ -1,0 +1,166 @@
+#include "pdata/btree.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <random>
+
+#include "io/block_device.h"
+#include "pdata/checker.h"
+#include "pdata/thin_metadata.h"
+
+namespace tp::pdata {
+namespace {
+
+// A metadata device with one thin device; the bottom-level tree is the B-tree under test,
+// and check_metadata() verifies shape and every reference count.
+class BtreeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dev_ = io::make_mem_device(64ull << 20);
+    auto md = ThinMetadata::format(*dev_, 128, 1 << 20);
+    ASSERT_TRUE(md.ok()) << md.error().to_string();
+    md_ = std::move(*md);
+    ASSERT_TRUE(md_->create_thin(1).ok());
+  }
+  void reopen() {
+    ASSERT_TRUE(md_->commit().ok());
+    md_.reset();
+    auto md = ThinMetadata::open(*dev_);
+    ASSERT_TRUE(md.ok()) << md.error().to_string();
+    md_ = std::move(*md);
+  }
+  void expect_model(uint64_t dev, const std::map<uint64_t, uint64_t>& model) {
+    std::map<uint64_t, uint64_t> got;
+    auto r = md_->walk(dev, 0, ~uint64_t{0}, [&](uint64_t k, const Mapping& m) -> Result<bool> {
+      got[k] = m.data_block;
+      return true;
+    });
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    ASSERT_EQ(got, model);
+  }
+  void expect_consistent() {
+    auto rep = check_metadata(*md_);
+    ASSERT_TRUE(rep.ok()) << rep.error().to_string();
+    ASSERT_TRUE(rep->ok()) << rep->damage.front();
+  }
+  uint64_t map_new(uint64_t dev, uint64_t vb) {
+    auto b = md_->alloc_data_block();
+    EXPECT_TRUE(b.ok());
+    EXPECT_TRUE(md_->insert(dev, vb, *b).ok());
+    return *b;
+  }
+
+  std::unique_ptr<io::BlockDevice> dev_;
+  std::unique_ptr<ThinMetadata> md_;
+};
+
+TEST_F(BtreeTest, InsertLookupAcrossManySplits) {
+  std::map<uint64_t, uint64_t> model;
+  std::mt19937_64 rng(1);
+  for (int i = 0; i < 20000; i++) {
+    uint64_t k = rng() % 1000000;
+    if (model.count(k)) continue;
+    model[k] = map_new(1, k);
+  }
+  expect_model(1, model);
+  for (auto [k, v] : model) {
+    auto m = md_->lookup(1, k);
+    ASSERT_TRUE(m.ok() && m->has_value());
+    ASSERT_EQ((*m)->data_block, v);
+  }
+  auto miss = md_->lookup(1, 1000001);
+  ASSERT_TRUE(miss.ok());
+  EXPECT_FALSE(miss->has_value());
+  reopen();
+  expect_model(1, model);
+  expect_consistent();
+}
+
+TEST_F(BtreeTest, RemoveRebalancesAndKeepsFill) {
+  std::map<uint64_t, uint64_t> model;
+  for (uint64_t k = 0; k < 30000; k++) model[k * 3] = map_new(1, k * 3);
+  reopen();
+  std::mt19937_64 rng(2);
+  std::vector<uint64_t> keys;
+  for (auto& [k, v] : model) keys.push_back(k);
+  std::shuffle(keys.begin(), keys.end(), rng);
+  for (size_t i = 0; i < keys.size(); i++) {
+    auto r = md_->remove(1, keys[i]);
+    ASSERT_TRUE(r.ok() && *r) << i;
+    model.erase(keys[i]);
+    if (i % 7000 == 0) {
+      reopen();
+      expect_consistent();
+      expect_model(1, model);
+    }
+  }
+  reopen();
+  expect_consistent();
+  expect_model(1, model);
+  EXPECT_EQ(md_->nr_free_data_blocks(), md_->nr_data_blocks());
+}
+
+TEST_F(BtreeTest, RemoveOfAbsentKeyChangesNothing) {
+  map_new(1, 5);
+  reopen();
+  auto before = md_->bm().stats().writes;
+  auto r = md_->remove(1, 6);
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(*r);
+  EXPECT_EQ(md_->bm().stats().writes, before);
+}
+
+TEST_F(BtreeTest, SharedTreeIsCopiedOnWriteNotModified) {
+  std::map<uint64_t, uint64_t> a;
+  for (uint64_t k = 0; k < 5000; k++) a[k] = map_new(1, k);
+  ASSERT_TRUE(md_->create_snap(2, 1).ok());
+  std::map<uint64_t, uint64_t> b = a;
+  // Overwrite half of the origin with new blocks, remove some of the snapshot.
+  for (uint64_t k = 0; k < 5000; k += 2) a[k] = map_new(1, k);
+  for (uint64_t k = 1; k < 5000; k += 3) {
+    ASSERT_TRUE(md_->remove(2, k).ok());
+    b.erase(k);
+  }
+  expect_model(1, a);
+  expect_model(2, b);
+  reopen();
+  expect_consistent();
+  expect_model(1, a);
+  expect_model(2, b);
+  // Sharing is exact: untouched blocks are shared, rewritten ones are not.
+  auto m = md_->lookup(1, 3);
+  ASSERT_TRUE(m.ok() && m->has_value());
+  EXPECT_TRUE((*m)->shared);
+  m = md_->lookup(1, 2);
+  ASSERT_TRUE(m.ok() && m->has_value());
+  EXPECT_FALSE((*m)->shared);
+  // Deleting the origin leaves the snapshot intact and frees only the origin's own blocks.
+  ASSERT_TRUE(md_->delete_device(1).ok());
+  reopen();
+  expect_consistent();
+  expect_model(2, b);
+  EXPECT_EQ(md_->nr_data_blocks() - md_->nr_free_data_blocks(), b.size());
+}
+
+TEST_F(BtreeTest, ReferenceCountsAboveTwoUseTheOverflowTree) {
+  map_new(1, 0);
+  for (uint64_t s = 2; s < 8; s++) ASSERT_TRUE(md_->create_snap(s, 1).ok());
+  // Touch every snapshot so each shadows the shared leaf and the data block count climbs.
+  for (uint64_t s = 2; s < 8; s++) map_new(s, 100);
+  reopen();
+  expect_consistent();
+  auto m = md_->lookup(1, 0);
+  ASSERT_TRUE(m.ok() && m->has_value());
+  auto c = md_->data_ref_count((*m)->data_block);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(*c, 7u);
+  for (uint64_t s = 2; s < 8; s++) ASSERT_TRUE(md_->delete_device(s).ok());
+  reopen();
+  expect_consistent();
+  c = md_->data_ref_count((*m)->data_block);
+  EXPECT_EQ(*c, 1u);
+}
+
+}  // namespace
+}  // namespace tp::pdata
