@@ -73,7 +73,7 @@ TEST(CrashSafety, PowerCutAtEveryWriteKeepsLastCommit) {
   uint64_t total = probe.writes() - fmt_dev.writes();
   ASSERT_GT(total, uint64_t{kTxns});
 
-  uint64_t stride = long_mode() ? 1 : std::max<uint64_t>(1, total / 400);
+  uint64_t stride = long_mode() ? 1 : std::max<uint64_t>(1, total / testing::scaled(500));
   testing::TempDir tmp;
   int points = 0, thin_checked = 0;
   for (uint64_t n = 1; n <= total; n += stride) {
@@ -111,7 +111,7 @@ TEST(CrashSafety, PowerCutAtEveryWriteKeepsLastCommit) {
   }
   std::printf("crash points: %d of %llu writes (%d thin_check runs)\n", points,
               static_cast<unsigned long long>(total), thin_checked);
-  EXPECT_GE(points, long_mode() ? static_cast<int>(total) : 300);
+  EXPECT_GE(points, long_mode() ? static_cast<int>(total) : static_cast<int>(testing::scaled(500)) - 1);
 }
 
 }  // namespace

@@ -108,7 +108,7 @@ void random_ops(uint64_t seed, int commits, int ops_per_commit, int check_every,
 }
 
 TEST(ThinMetadataOracle, ThinCheckAcceptsEveryCommitOfRandomOps) {
-  random_ops(11, 300, 60, 1, 5000, 16 << 20);
+  random_ops(11, static_cast<int>(testing::scaled(150, 4)), 100, 1, 5000, 8 << 20);
 }
 
 TEST(ThinMetadataOracle, ThinCheckAcceptsLargeTrees) {

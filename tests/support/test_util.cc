@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -255,6 +256,25 @@ uint64_t metadata_bytes_for(const XmlPool& pool) {
   constexpr uint64_t kMiB = 1 << 20;
   uint64_t bytes = std::max<uint64_t>(16 * kMiB, 2 * 48 * total_mappings(pool) + 4 * kMiB);
   return (bytes + 4095) / 4096 * 4096;
+}
+
+}  // namespace tp::testing
+
+namespace tp::testing {
+
+Effort effort() {
+  if (std::getenv("TP_LONG")) return Effort::kLong;
+  if (std::getenv("TP_QUICK")) return Effort::kQuick;
+  return Effort::kNormal;
+}
+
+uint64_t scaled(uint64_t n, uint64_t long_factor) {
+  switch (effort()) {
+    case Effort::kQuick: return std::max<uint64_t>(1, n / 5);
+    case Effort::kNormal: return n;
+    case Effort::kLong: return n * long_factor;
+  }
+  return n;
 }
 
 }  // namespace tp::testing

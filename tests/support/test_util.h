@@ -69,3 +69,14 @@ std::optional<XmlPool> thin_dump(const std::string& metadata_file);
 uint64_t metadata_bytes_for(const XmlPool& pool);
 
 }  // namespace tp::testing
+
+namespace tp::testing {
+
+// How much work a randomized or exhaustive test should do: TP_LONG=1 (make check-long)
+// asks for everything, TP_QUICK=1 (the sanitizer pass of make test) for a smaller slice.
+enum class Effort { kQuick, kNormal, kLong };
+Effort effort();
+// n scaled by effort: quick n/5 (at least 1), normal n, long n*long_factor.
+uint64_t scaled(uint64_t n, uint64_t long_factor = 10);
+
+}  // namespace tp::testing
