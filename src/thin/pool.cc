@@ -163,6 +163,8 @@ Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir) {
                         dev);
     }
   }
+  p->low_ = true;  // a pool opened below the mark reports no new crossing
+  TP_TRY(p->recompute_all_g_locked());
   return p;
 }
 
@@ -217,6 +219,13 @@ Result<void> Pool::commit_locked() {
   return {};
 }
 
+Result<void> Pool::abort_locked(const Error& e) {
+  // The in-core state is half changed: refuse further changes until the pool is reopened
+  // (which returns it to the last commit).
+  failed_ = true;
+  return e;
+}
+
 Result<void> Pool::flush() {
   std::unique_lock lk(mu_);
   io_done_.wait(lk, [&] { return inflight_ == 0; });
@@ -256,8 +265,19 @@ PoolInfo Pool::info() {
   i.nr_blocks = md_->nr_data_blocks();
   i.free_blocks = md_->nr_free_data_blocks();
   i.used_blocks = i.nr_blocks - i.free_blocks;
-  i.reserved_blocks = 0;
-  i.unreserved_blocks = i.free_blocks - i.reserved_blocks;
+  i.reserved_blocks = reserved_;
+  i.unreserved_blocks = unreserved_locked();
+  i.low_water_crossings = low_crossings_;
+  for (auto& [name, rec] : cat_.volumes) {
+    i.explicit_reserved_blocks += rec.reserve_blocks;
+    for (auto cls : {catalog::ProvisionClass::kData, catalog::ProvisionClass::kMeta}) {
+      auto cs = class_space_locked(rec, cls);
+      if (!cs.ok()) continue;
+      ClassSpace& t = cls == catalog::ProvisionClass::kData ? i.data_class : i.meta_class;
+      t.guaranteed_blocks += cs->guaranteed_blocks;
+      t.reserved_blocks += cs->reserved_blocks;
+    }
+  }
   i.metadata_blocks = md_->nr_metadata_blocks();
   i.metadata_used_blocks = md_->nr_metadata_blocks() - md_->nr_free_metadata_blocks();
   i.trans_id = md_->trans_id();
@@ -266,7 +286,7 @@ PoolInfo Pool::info() {
   i.data_file_allocated_bytes = data_->allocated_bytes();
   if (failed_) {
     i.state = PoolState::kReadOnly;
-  } else if (i.unreserved_blocks == 0) {
+  } else if (i.unreserved_blocks == 0 || md_->nr_free_metadata_blocks() < kMetadataSlice) {
     i.state = PoolState::kFull;
   } else if (i.unreserved_blocks * 100 < uint64_t{i.low_water_percent} * i.nr_blocks) {
     i.state = PoolState::kLow;
@@ -307,14 +327,17 @@ Result<VolumeInfo> Pool::volume(const std::string& name) {
                            return true;
                          }));
   vi.exclusive_blocks = excl;
-  vi.guaranteed_blocks = 0;
-  vi.reserved_blocks = 0;
+  TP_ASSIGN_OR_RETURN(vi.data_class, class_space_locked(*rec, catalog::ProvisionClass::kData));
+  TP_ASSIGN_OR_RETURN(vi.meta_class, class_space_locked(*rec, catalog::ProvisionClass::kMeta));
+  vi.guaranteed_blocks = vi.data_class.guaranteed_blocks + vi.meta_class.guaranteed_blocks;
+  vi.explicit_reserve_blocks = rec->reserve_blocks;
+  vi.reserved_blocks = (g_.count(rec->dev_id) ? g_.at(rec->dev_id) : 0) + rec->reserve_blocks;
   return vi;
 }
 
 // ---------------------------------------------------------------- volume operations
 
-Result<void> Pool::create_volume(const std::string& name, uint64_t size_bytes) {
+Result<void> Pool::create_volume(const std::string& name, uint64_t size_bytes, bool provision) {
   if (!catalog::valid_volume_name(name)) {
     return make_error(Errc::kInvalidArgument, "invalid volume name");
   }
@@ -331,12 +354,24 @@ Result<void> Pool::create_volume(const std::string& name, uint64_t size_bytes) {
   rec.dev_id = dev;
   rec.size_bytes = size_bytes;
   rec.created_unix = static_cast<int64_t>(::time(nullptr));
+  uint64_t nr_vblocks = (size_bytes + block_bytes_ - 1) / block_bytes_;
+  if (provision && nr_vblocks > unreserved_locked()) {
+    (void)md_->delete_device(dev);
+    return make_error(Errc::kNoSpace, "not enough unreserved space to provision the volume");
+  }
   cat_.volumes[name] = rec;
   dirty_ = true;
+  if (provision) {
+    if (auto r = provision_locked(name, 0, nr_vblocks, catalog::ProvisionClass::kData, false);
+        !r.ok()) {
+      return abort_locked(r.error());
+    }
+  }
   return commit_locked();
 }
 
-Result<void> Pool::snapshot(const std::string& origin, const std::string& name, bool writable) {
+Result<void> Pool::snapshot(const std::string& origin, const std::string& name, bool writable,
+                            uint64_t reserve_bytes) {
   if (!catalog::valid_volume_name(name)) {
     return make_error(Errc::kInvalidArgument, "invalid volume name");
   }
@@ -346,9 +381,19 @@ Result<void> Pool::snapshot(const std::string& origin, const std::string& name, 
   if (cat_.find(name)) return make_error(Errc::kExists, "volume already exists");
   uint64_t dev = cat_.next_dev_id;
   if (dev > pdata::kMaxDevId) return make_error(Errc::kNoSpace, "no thin device ids left");
+  // Every guaranteed block of the origin that is mapped and exclusive becomes shared: the
+  // origin's G grows to its whole guarantee. Plus the snapshot's own budget.
+  uint64_t o_guaranteed = catalog::covered_blocks(o->guarantee, 0, ~uint64_t{0});
+  uint64_t o_g = g_.count(o->dev_id) ? g_[o->dev_id] : 0;
+  uint64_t reserve_blocks = (reserve_bytes + block_bytes_ - 1) / block_bytes_;
+  if ((o_guaranteed - o_g) + reserve_blocks > unreserved_locked()) {
+    return make_error(Errc::kNoSpace,
+                      "not enough unreserved space for the snapshot's guarantees and reservation");
+  }
   // In-flight writes to the origin must land before the tree is shared.
   io_done_.wait(lk, [&] { return inflight_ == 0; });
   TP_TRY(md_->create_snap(dev, o->dev_id));
+  set_g_locked(o->dev_id, o_guaranteed);
   cat_.next_dev_id++;
   catalog::VolumeRecord rec;
   rec.name = name;
@@ -358,14 +403,19 @@ Result<void> Pool::snapshot(const std::string& origin, const std::string& name, 
   rec.origin = o->name;
   rec.origin_dev_id = o->dev_id;
   rec.created_unix = static_cast<int64_t>(::time(nullptr));
+  rec.reserve_blocks = reserve_blocks;
+  reserved_ += reserve_blocks;
   cat_.volumes[name] = rec;
   dirty_ = true;
+  note_space_locked();
   return commit_locked();
 }
 
 Result<void> Pool::remove_locked(const std::string& name) {
   TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
   TP_TRY(md_->delete_device(rec->dev_id));
+  set_g_locked(rec->dev_id, 0);
+  reserved_ -= rec->reserve_blocks;
   cat_.volumes.erase(name);
   dirty_ = true;
   return {};
@@ -391,8 +441,10 @@ Result<void> Pool::remove(const std::string& name, bool recursive) {
   }
   io_done_.wait(lk, [&] { return inflight_ == 0; });
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
-    TP_TRY(remove_locked(*it));
+    if (auto r = remove_locked(*it); !r.ok()) return abort_locked(r.error());
   }
+  // Blocks the removed volumes shared may now be exclusive to a guaranteed volume.
+  if (auto r = recompute_all_g_locked(); !r.ok()) return abort_locked(r.error());
   return commit_locked();
 }
 
@@ -403,6 +455,16 @@ Result<void> Pool::resize(const std::string& name, uint64_t size_bytes) {
   TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
   uint64_t dev = rec->dev_id;
   uint64_t old = rec->size_bytes;
+  const uint64_t old_blocks = (old + block_bytes_ - 1) / block_bytes_;
+  const uint64_t new_blocks = (size_bytes + block_bytes_ - 1) / block_bytes_;
+  // A volume guaranteed to its end keeps that promise when it grows: the new tail is
+  // provisioned (and must fit); a shrink cuts the guarantee.
+  bool whole = !rec->guarantee.empty() &&
+               catalog::covered_blocks(rec->guarantee, 0, old_blocks) == old_blocks;
+  if (size_bytes > old && whole && new_blocks > old_blocks &&
+      new_blocks - old_blocks > unreserved_locked()) {
+    return make_error(Errc::kNoSpace, "not enough unreserved space to grow the guarantee");
+  }
   if (size_bytes < old) {
     io_done_.wait(lk, [&] { return inflight_ == 0; });
     uint64_t B = block_bytes_;
@@ -414,13 +476,25 @@ Result<void> Pool::resize(const std::string& name, uint64_t size_bytes) {
       TP_ASSIGN_OR_RETURN(auto m, md_->lookup(dev, vb));
       if (m) {
         uint32_t boff = static_cast<uint32_t>(size_bytes % B);
-        TP_ASSIGN_OR_RETURN(uint64_t target, prepare_write_locked(dev, vb, boff, B - boff));
+        TP_ASSIGN_OR_RETURN(uint64_t target,
+                            prepare_write_retry(lk, dev, vb, boff, static_cast<uint32_t>(B - boff)));
         TP_TRY(data_->write_zeroes(target * B + boff, B - boff));
       }
     }
   }
-  cat_.find(name)->size_bytes = size_bytes;
+  catalog::VolumeRecord* w = cat_.find(name);
+  w->size_bytes = size_bytes;
   dirty_ = true;
+  if (new_blocks < old_blocks) {
+    w->guarantee = catalog::remove_range(w->guarantee, new_blocks, ~uint64_t{0});
+    TP_ASSIGN_OR_RETURN(uint64_t g, compute_g_locked(*w));
+    set_g_locked(dev, g);
+  } else if (whole && new_blocks > old_blocks) {
+    auto cls = w->guarantee.back().cls;
+    if (auto r = provision_locked(name, old_blocks, new_blocks, cls, false); !r.ok()) {
+      return abort_locked(r.error());
+    }
+  }
   return commit_locked();
 }
 
@@ -454,7 +528,11 @@ Result<uint64_t> Pool::prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t 
                                             uint32_t len) {
   TP_ASSIGN_OR_RETURN(auto m, md_->lookup(dev, vb));
   if (m && !m->shared) return m->data_block;  // exclusive: in place
-  TP_ASSIGN_OR_RETURN(uint64_t nb, md_->alloc_data_block());
+  if (md_->nr_free_metadata_blocks() < kMetadataSlice) {
+    return make_error(Errc::kNoSpace, "metadata space is low: only trim, remove and merge work");
+  }
+  TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
+  TP_ASSIGN_OR_RETURN(uint64_t nb, allocate_locked(*rec, vb));
   uint64_t B = block_bytes_;
   if (!(boff == 0 && len == B)) {
     // Partial write: the rest of the block must be the old content (copy-on-write) or
@@ -468,6 +546,17 @@ Result<uint64_t> Pool::prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t 
   TP_TRY(md_->insert(dev, vb, nb));
   dirty_ = true;
   return nb;
+}
+
+Result<uint64_t> Pool::prepare_write_retry(std::unique_lock<std::mutex>& lk, uint64_t dev,
+                                           uint64_t vb, uint32_t boff, uint32_t len) {
+  auto t = prepare_write_locked(dev, vb, boff, len);
+  if (t.ok()) return t;
+  Result<void> err = t.error();
+  if (!is_wait_commit(err)) return t;
+  io_done_.wait(lk, [&] { return inflight_ == 0; });
+  TP_TRY(commit_locked());
+  return prepare_write_locked(dev, vb, boff, len);
 }
 
 Result<void> Pool::read(uint64_t dev, uint64_t off, std::span<std::byte> buf) {
@@ -508,59 +597,77 @@ Result<void> Pool::read(uint64_t dev, uint64_t off, std::span<std::byte> buf) {
 }
 
 Result<void> Pool::write(uint64_t dev, uint64_t off, std::span<const std::byte> buf) {
-  if (buf.empty()) return {};
   const uint64_t B = block_bytes_;
   thread_local std::vector<std::pair<uint64_t, uint64_t>> targets;  // (vb, data block)
-  targets.clear();
-  Result<void> prep;
-  {
-    std::lock_guard lk(mu_);
-    TP_TRY(check_writable_locked(dev));
-    TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
-    if (off > rec->size_bytes || buf.size() > rec->size_bytes - off) {
-      return make_error(Errc::kInvalidArgument, "write beyond the end of the volume", off);
-    }
-    uint64_t end = off + buf.size();
-    for (uint64_t vb = off / B; vb * B < end; vb++) {
-      uint64_t b_begin = std::max(off, vb * B), b_end = std::min(end, (vb + 1) * B);
-      auto t = prepare_write_locked(dev, vb, static_cast<uint32_t>(b_begin - vb * B),
-                                    static_cast<uint32_t>(b_end - b_begin));
-      if (!t.ok()) {
-        prep = t.error();
-        break;
+  uint64_t end = off + buf.size();
+  uint64_t pos = off;
+  while (pos < end || buf.empty()) {
+    targets.clear();
+    Result<void> prep;
+    {
+      std::unique_lock lk(mu_);
+      TP_TRY(check_writable_locked(dev));
+      TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
+      if (off > rec->size_bytes || buf.size() > rec->size_bytes - off) {
+        return make_error(Errc::kInvalidArgument, "write beyond the end of the volume", off);
       }
-      targets.emplace_back(vb, *t);
+      if (buf.empty()) return {};
+      for (uint64_t vb = pos / B; vb * B < end; vb++) {
+        uint64_t b_begin = std::max(pos, vb * B), b_end = std::min(end, (vb + 1) * B);
+        auto t = prepare_write_locked(dev, vb, static_cast<uint32_t>(b_begin - vb * B),
+                                      static_cast<uint32_t>(b_end - b_begin));
+        if (!t.ok()) {
+          prep = t.error();
+          break;
+        }
+        targets.emplace_back(vb, *t);
+      }
+      if (targets.empty()) {
+        if (!is_wait_commit(prep)) return prep;
+        // Only blocks freed in this transaction are left: commit, then they are usable.
+        io_done_.wait(lk, [&] { return inflight_ == 0; });
+        TP_TRY(commit_locked());
+        continue;
+      }
+      begin_io_locked();
     }
-    if (targets.empty()) return prep;
-    begin_io_locked();
+    Result<void> res;
+    for (size_t i = 0; i < targets.size() && res.ok();) {
+      size_t j = i + 1;
+      while (j < targets.size() && targets[j].second == targets[j - 1].second + 1) j++;
+      uint64_t v_begin = std::max(pos, targets[i].first * B);
+      uint64_t v_end = std::min(end, (targets[j - 1].first + 1) * B);
+      uint64_t d = targets[i].second * B + (v_begin - targets[i].first * B);
+      res = data_->write(d, buf.subspan(v_begin - off, v_end - v_begin));
+      i = j;
+    }
+    end_io();
+    if (!res.ok()) return res;
+    pos = std::min(end, (targets.back().first + 1) * B);
+    if (!prep.ok() && !is_wait_commit(prep)) return prep;
   }
-  Result<void> res;
-  for (size_t i = 0; i < targets.size() && res.ok();) {
-    size_t j = i + 1;
-    while (j < targets.size() && targets[j].second == targets[j - 1].second + 1) j++;
-    uint64_t v_begin = std::max(off, targets[i].first * B);
-    uint64_t v_end = std::min(off + buf.size(), (targets[j - 1].first + 1) * B);
-    uint64_t d = targets[i].second * B + (v_begin - targets[i].first * B);
-    res = data_->write(d, buf.subspan(v_begin - off, v_end - v_begin));
-    i = j;
-  }
-  end_io();
-  if (!res.ok()) return res;
-  return prep;
+  return {};
 }
 
 Result<void> Pool::unmap_locked(uint64_t dev, uint64_t vb_begin, uint64_t vb_end) {
   if (vb_begin >= vb_end) return {};
-  std::vector<uint64_t> vbs;
-  TP_TRY(md_->walk(dev, vb_begin, vb_end - 1,
-                   [&](uint64_t vb, const pdata::Mapping&) -> Result<bool> {
-                     vbs.push_back(vb);
-                     return true;
-                   }));
-  for (uint64_t vb : vbs) {
+  TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
+  std::vector<std::pair<uint64_t, bool>> vbs;  // (vb, guaranteed and exclusive)
+  TP_TRY(md_->walk_exact(dev, vb_begin, vb_end - 1,
+                         [&](uint64_t vb, const pdata::Mapping& m) -> Result<bool> {
+                           vbs.emplace_back(vb, !m.shared &&
+                                                    catalog::is_covered(rec->guarantee, vb));
+                           return true;
+                         }));
+  uint64_t back_to_g = 0;
+  for (auto [vb, guaranteed_exclusive] : vbs) {
     TP_TRY(md_->remove(dev, vb));
+    back_to_g += guaranteed_exclusive;
     dirty_ = true;
   }
+  // A guaranteed block stays guaranteed: its freed block returns to R(v).
+  if (back_to_g) set_g_locked(dev, (g_.count(dev) ? g_[dev] : 0) + back_to_g);
+  note_space_locked();
   return {};
 }
 
@@ -603,8 +710,8 @@ Result<void> Pool::write_zeroes(uint64_t dev, uint64_t off, uint64_t len) {
     TP_ASSIGN_OR_RETURN(auto m, md_->lookup(dev, vb));
     if (!m) continue;
     uint32_t boff = static_cast<uint32_t>(b_begin - vb * B);
-    TP_ASSIGN_OR_RETURN(uint64_t target,
-                        prepare_write_locked(dev, vb, boff, static_cast<uint32_t>(b_end - b_begin)));
+    TP_ASSIGN_OR_RETURN(uint64_t target, prepare_write_retry(lk, dev, vb, boff,
+                                                             static_cast<uint32_t>(b_end - b_begin)));
     TP_TRY(data_->write_zeroes(target * B + boff, b_end - b_begin));
     if (off / B == (end - 1) / B) break;  // one block: done
   }
@@ -708,6 +815,28 @@ Result<CheckResult> Pool::check() {
     if (!cat_.find_dev(dev)) {
       res.damage.push_back("thin device " + std::to_string(dev) + " has no volume in the catalog");
     }
+  }
+  // The space invariant, and every volume's reservation against its guarantee.
+  uint64_t reserved = 0;
+  for (auto& [name, v] : cat_.volumes) {
+    TP_ASSIGN_OR_RETURN(uint64_t g, compute_g_locked(v));
+    uint64_t have = g_.count(v.dev_id) ? g_.at(v.dev_id) : 0;
+    if (have < g) {
+      res.damage.push_back("volume " + name + " reserves " + std::to_string(have) +
+                           " blocks for its guarantee, which needs " + std::to_string(g));
+    } else if (have > g) {
+      res.warnings.push_back("volume " + name + " reserves " + std::to_string(have - g) +
+                             " blocks more than its guarantee needs (until the next recount)");
+    }
+    reserved += g + v.reserve_blocks;
+    uint64_t nr_vblocks = (v.size_bytes + block_bytes_ - 1) / block_bytes_;
+    if (!v.guarantee.empty() && v.guarantee.back().end > nr_vblocks) {
+      res.damage.push_back("volume " + name + " has a guarantee beyond its size");
+    }
+  }
+  if (reserved > free_locked()) {
+    res.damage.push_back("space invariant broken: " + std::to_string(reserved) +
+                         " blocks reserved, " + std::to_string(free_locked()) + " free");
   }
   return res;
 }

@@ -21,6 +21,7 @@
 // never hands it out before the commit) while an older request still touches it.
 
 #include <condition_variable>
+#include <map>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -38,6 +39,9 @@ namespace tp::thin {
 inline constexpr uint64_t kMaxVolumeBytes = 1ull << 60;  // 1 EiB
 inline constexpr uint32_t kMinBlockBytes = 64 * 1024;
 inline constexpr uint64_t kMaxBlockBytes = 1ull << 30;
+// Metadata blocks held back for trim, remove, merge and commits: allocations for writes
+// fail with kNoSpace below this, so a pool can always be emptied.
+inline constexpr uint64_t kMetadataSlice = 128;
 
 struct PoolOptions {
   uint64_t data_bytes = 0;           // rounded down to whole blocks
@@ -52,7 +56,15 @@ uint64_t default_metadata_bytes(uint64_t data_bytes, uint32_t block_bytes);
 enum class PoolState { kOk, kLow, kFull, kReadOnly };
 const char* pool_state_name(PoolState s);
 
+struct ClassSpace {
+  uint64_t guaranteed_blocks = 0;  // blocks in guarantees of this class
+  uint64_t reserved_blocks = 0;    // of those, unmapped or shared (held back for them)
+};
+
 struct PoolInfo {
+  ClassSpace data_class, meta_class;
+  uint64_t explicit_reserved_blocks = 0;  // sum of reserve / snapshot --reserve budgets
+  uint64_t low_water_crossings = 0;       // times unreserved fell below the mark
   uint32_t block_bytes = 0;
   uint64_t nr_blocks = 0;
   uint64_t used_blocks = 0;      // data blocks with ref count > 0
@@ -78,7 +90,9 @@ struct VolumeInfo {
   uint64_t mapped_blocks = 0;
   uint64_t exclusive_blocks = 0;   // mapped and not shared with any other volume
   uint64_t guaranteed_blocks = 0;  // blocks in the guarantee
-  uint64_t reserved_blocks = 0;    // R(v): what the pool holds back for this volume
+  uint64_t reserved_blocks = 0;    // R(v) = G(v) + E(v): what the pool holds back for it
+  uint64_t explicit_reserve_blocks = 0;  // E(v)
+  ClassSpace data_class, meta_class;
 };
 
 // A changed range between two volumes (bytes). kind: "added" (mapped only in B),
@@ -126,11 +140,32 @@ class Pool {
   Result<uint64_t> dev_id(const std::string& name);
 
   // --- volume operations; each is committed before it returns ---
-  Result<void> create_volume(const std::string& name, uint64_t size_bytes);
-  Result<void> snapshot(const std::string& origin, const std::string& name, bool writable);
+  // provision: guarantee (and map) the whole volume; needs ceil(size/B) unreserved blocks.
+  Result<void> create_volume(const std::string& name, uint64_t size_bytes,
+                             bool provision = false);
+  // O(1) in the volume size. The origin's guaranteed blocks become shared, so its
+  // reservation grows by their count; reserve_bytes is the snapshot's own write budget.
+  // Both must fit in the unreserved space, else kNoSpace and nothing changes.
+  Result<void> snapshot(const std::string& origin, const std::string& name, bool writable,
+                        uint64_t reserve_bytes = 0);
   Result<void> remove(const std::string& name, bool recursive);
   Result<void> resize(const std::string& name, uint64_t size_bytes);
   Result<void> extend(uint64_t data_bytes);
+
+  // --- guaranteed space (SEMANTICS.md) ---
+  // Maps (zero-filled, fallocated) every unmapped block of the whole blocks touching
+  // [off, off+len) and adds them to the guarantee with class cls.
+  Result<void> provision(const std::string& name, uint64_t off, uint64_t len,
+                         catalog::ProvisionClass cls = catalog::ProvisionClass::kData);
+  Result<void> unprovision(const std::string& name, uint64_t off, uint64_t len);
+  // Sets the explicit reservation to ceil(bytes / block) blocks (0 releases).
+  Result<void> reserve(const std::string& name, uint64_t bytes);
+  // The origin takes the snapshot's content; the snapshot disappears. Metadata only.
+  Result<void> merge(const std::string& snapshot);
+  // The volume takes a shared copy of the snapshot's content; the snapshot stays.
+  Result<void> rollback(const std::string& name, const std::string& snapshot);
+  // NBD WRITE_ZEROES with NO_HOLE: the range reads as zeros and is provisioned.
+  Result<void> provision_zero(uint64_t dev, uint64_t off, uint64_t len);
 
   // --- I/O by device id; byte granularity. Durable after flush(). ---
   Result<uint64_t> size_of(uint64_t dev);
@@ -158,6 +193,16 @@ class Pool {
   Pool() = default;
   struct InFlight;
   Result<void> commit_locked();
+  Result<void> abort_locked(const Error& e);
+  // What allocation returns when only blocks freed in this transaction are left.
+  static constexpr const char* kWaitCommit = "free blocks wait for a commit";
+  static bool is_wait_commit(const Result<void>& r) {
+    return !r.ok() && r.error().code == Errc::kBusy && r.error().what == kWaitCommit;
+  }
+  // prepare_write_locked, committing once (to make freed blocks usable) when that is what
+  // stands in the way. REQUIRES: lk holds mu_; no I/O of this thread in flight.
+  Result<uint64_t> prepare_write_retry(std::unique_lock<std::mutex>& lk, uint64_t dev,
+                                       uint64_t vb, uint32_t boff, uint32_t len);
   Result<const catalog::VolumeRecord*> record_locked(const std::string& name);
   Result<const catalog::VolumeRecord*> record_by_dev_locked(uint64_t dev);
   Result<void> check_writable_locked(uint64_t dev);
@@ -168,6 +213,23 @@ class Pool {
   void begin_io_locked() { inflight_++; }
   void end_io();
 
+  // Space accounting (space.cc). g_[dev] = G(v): guaranteed blocks unmapped or shared.
+  uint64_t free_locked() const { return md_->nr_free_data_blocks(); }
+  uint64_t unreserved_locked() const;
+  // Exact G(v) by walking the volume's guaranteed ranges.
+  Result<uint64_t> compute_g_locked(const catalog::VolumeRecord& rec);
+  Result<ClassSpace> class_space_locked(const catalog::VolumeRecord& rec,
+                                        catalog::ProvisionClass cls);
+  // Recomputes G for every guaranteed volume (after remove, merge, rollback).
+  Result<void> recompute_all_g_locked();
+  void set_g_locked(uint64_t dev, uint64_t g);
+  // Allocates a data block for a write of vb in dev, by the allocation rule.
+  Result<uint64_t> allocate_locked(const catalog::VolumeRecord& rec, uint64_t vb);
+  Result<void> provision_locked(const std::string& name, uint64_t vb_begin, uint64_t vb_end,
+                                catalog::ProvisionClass cls, bool zero_content);
+  void note_space_locked();
+  Result<uint64_t> new_data_block_locked();
+
   std::string dir_;
   int lock_fd_ = -1;
   uint32_t block_bytes_ = 0;
@@ -176,6 +238,11 @@ class Pool {
   std::unique_ptr<pdata::ThinMetadata> md_;
   std::unique_ptr<catalog::CatalogFile> catfile_;
   catalog::Catalog cat_;
+  std::map<uint64_t, uint64_t> g_;  // G(v) by dev id (absent: 0)
+  uint64_t reserved_ = 0;            // sum of G(v) + E(v)
+  bool low_ = false;                 // below the low-water mark at the last check
+  uint64_t low_crossings_ = 0;
+  std::vector<int> hook_pids_;       // low-water hook processes not yet reaped
   bool dirty_ = false;       // uncommitted changes
   bool failed_ = false;      // a commit failed: read-only until reopened
   std::mutex mu_;

@@ -1,0 +1,353 @@
+// Space accounting (docs/SEMANTICS.md "The space invariant"):
+//   free       = data blocks with ref count 0
+//   reserved   = sum over volumes of R(v) = G(v) + E(v)     always <= free
+//   G(v)       = guaranteed virtual blocks of v that are unmapped or shared
+//   E(v)       = what is left of v's explicit reservation (catalog reserve_blocks)
+// "Shared" is exact (pdata::Mapping::shared: the next write would copy), the same rule the
+// write path uses. G is kept up to date by the write path for v's own writes and trims;
+// when another volume's change can only make v's blocks *less* shared (remove, merge,
+// rollback), G of every guaranteed volume is recomputed by walking its guarantee.
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+
+#include "thin/pool.h"
+
+extern char** environ;
+
+namespace tp::thin {
+
+using catalog::GuaranteeRange;
+using catalog::ProvisionClass;
+using catalog::VolumeRecord;
+
+uint64_t Pool::unreserved_locked() const {
+  uint64_t f = free_locked();
+  return f > reserved_ ? f - reserved_ : 0;
+}
+
+void Pool::set_g_locked(uint64_t dev, uint64_t g) {
+  uint64_t old = g_.count(dev) ? g_[dev] : 0;
+  reserved_ = reserved_ - old + g;
+  if (g == 0) {
+    g_.erase(dev);
+  } else {
+    g_[dev] = g;
+  }
+}
+
+Result<uint64_t> Pool::compute_g_locked(const VolumeRecord& rec) {
+  uint64_t g = 0;
+  for (const GuaranteeRange& r : rec.guarantee) {
+    uint64_t exclusive = 0;
+    TP_TRY(md_->walk_exact(rec.dev_id, r.begin, r.end - 1,
+                           [&](uint64_t, const pdata::Mapping& m) -> Result<bool> {
+                             exclusive += !m.shared;
+                             return true;
+                           }));
+    g += (r.end - r.begin) - exclusive;
+  }
+  return g;
+}
+
+Result<ClassSpace> Pool::class_space_locked(const VolumeRecord& rec, ProvisionClass cls) {
+  ClassSpace cs;
+  for (const GuaranteeRange& r : rec.guarantee) {
+    if (r.cls != cls) continue;
+    uint64_t exclusive = 0;
+    TP_TRY(md_->walk_exact(rec.dev_id, r.begin, r.end - 1,
+                           [&](uint64_t, const pdata::Mapping& m) -> Result<bool> {
+                             exclusive += !m.shared;
+                             return true;
+                           }));
+    cs.guaranteed_blocks += r.end - r.begin;
+    cs.reserved_blocks += (r.end - r.begin) - exclusive;
+  }
+  return cs;
+}
+
+Result<void> Pool::recompute_all_g_locked() {
+  g_.clear();
+  reserved_ = 0;
+  for (auto& [name, rec] : cat_.volumes) {
+    reserved_ += rec.reserve_blocks;
+    if (rec.guarantee.empty()) continue;
+    TP_ASSIGN_OR_RETURN(uint64_t g, compute_g_locked(rec));
+    set_g_locked(rec.dev_id, g);
+  }
+  note_space_locked();
+  return {};
+}
+
+// Low-water mark: an event once per crossing (counted in info, and the hook command run
+// with THINPOOL_EVENT=low in the environment; not waited for).
+void Pool::note_space_locked() {
+  uint64_t nr = md_->nr_data_blocks();
+  bool low = unreserved_locked() * 100 < uint64_t{cat_.settings.low_water_percent} * nr;
+  if (low && !low_) {
+    low_crossings_++;
+    const std::string& hook = cat_.settings.low_water_hook;
+    if (!hook.empty()) {
+      std::string ev = "THINPOOL_EVENT=low", pool = "THINPOOL_POOL=" + dir_;
+      std::vector<char*> env;
+      for (char** e = environ; e && *e; e++) env.push_back(*e);
+      env.push_back(ev.data());
+      env.push_back(pool.data());
+      env.push_back(nullptr);
+      const char* argv[] = {"/bin/sh", "-c", hook.c_str(), nullptr};
+      pid_t pid;
+      if (::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv),
+                        env.data()) == 0) {
+        hook_pids_.push_back(pid);
+      }
+    }
+  }
+  low_ = low;
+  // Reap finished hooks without waiting.
+  std::erase_if(hook_pids_, [](pid_t p) { return ::waitpid(p, nullptr, WNOHANG) == p; });
+}
+
+Result<uint64_t> Pool::new_data_block_locked() {
+  auto b = md_->alloc_data_block();
+  if (!b.ok() && b.error().code == Errc::kNoSpace && md_->data_sm().nr_pending_free() > 0) {
+    // Blocks freed in this transaction become usable after the commit.
+    return make_error(Errc::kBusy, kWaitCommit);
+  }
+  return b;
+}
+
+Result<uint64_t> Pool::allocate_locked(const VolumeRecord& rec, uint64_t vb) {
+  uint64_t dev = rec.dev_id;
+  bool guaranteed = catalog::is_covered(rec.guarantee, vb);
+  uint64_t g = g_.count(dev) ? g_[dev] : 0;
+  if (guaranteed && g > 0) {
+    TP_ASSIGN_OR_RETURN(uint64_t b, new_data_block_locked());
+    set_g_locked(dev, g - 1);
+    return b;
+  }
+  if (rec.reserve_blocks > 0) {
+    TP_ASSIGN_OR_RETURN(uint64_t b, new_data_block_locked());
+    cat_.find(rec.name)->reserve_blocks--;
+    reserved_--;
+    dirty_ = true;
+    return b;
+  }
+  if (unreserved_locked() == 0) {
+    return make_error(Errc::kNoSpace, "pool is full (no unreserved blocks)");
+  }
+  TP_ASSIGN_OR_RETURN(uint64_t b, new_data_block_locked());
+  note_space_locked();
+  return b;
+}
+
+Result<void> Pool::provision_locked(const std::string& name, uint64_t vb_begin, uint64_t vb_end,
+                                    ProvisionClass cls, bool zero_content) {
+  TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
+  if (rec->read_only) return make_error(Errc::kReadOnly, "volume is a read-only snapshot");
+  uint64_t dev = rec->dev_id;
+  const uint64_t B = block_bytes_;
+  // What the range holds now.
+  std::vector<std::pair<uint64_t, pdata::Mapping>> maps;
+  TP_TRY(md_->walk_exact(dev, vb_begin, vb_end - 1,
+                         [&](uint64_t vb, const pdata::Mapping& m) -> Result<bool> {
+                           maps.emplace_back(vb, m);
+                           return true;
+                         }));
+  uint64_t exclusive_new = 0;  // mapped, exclusive, not yet guaranteed: no reservation needed
+  for (auto& [vb, m] : maps) {
+    exclusive_new += !m.shared && !catalog::is_covered(rec->guarantee, vb);
+  }
+  uint64_t already = catalog::covered_blocks(rec->guarantee, vb_begin, vb_end);
+  uint64_t need = (vb_end - vb_begin) - already - exclusive_new;
+  uint64_t unres = unreserved_locked();
+  uint64_t from_e = need > unres ? need - unres : 0;
+  if (from_e > rec->reserve_blocks) {
+    return make_error(Errc::kNoSpace, "not enough unreserved space to provision the range");
+  }
+  // Take the guarantee first: from now on G(v) holds a block for every unmapped or shared
+  // block of the range, and the allocations below draw on it.
+  VolumeRecord* w = cat_.find(name);
+  w->reserve_blocks -= from_e;
+  reserved_ -= from_e;
+  w->guarantee = catalog::add_range(w->guarantee, {vb_begin, vb_end, cls});
+  uint64_t g = g_.count(dev) ? g_[dev] : 0;
+  set_g_locked(dev, g + need);
+  dirty_ = true;
+  // Map every unmapped block zero-filled and allocated in the data file; make sure mapped
+  // exclusive blocks are allocated in the data file too.
+  size_t mi = 0;
+  for (uint64_t vb = vb_begin; vb < vb_end; vb++) {
+    while (mi < maps.size() && maps[mi].first < vb) mi++;
+    bool mapped = mi < maps.size() && maps[mi].first == vb;
+    if (mapped && !maps[mi].second.shared) {
+      uint64_t b = maps[mi].second.data_block;
+      TP_TRY(zero_content ? data_->write_zeroes(b * B, B) : data_->provision(b * B, B));
+      continue;
+    }
+    if (mapped && !zero_content) continue;  // shared: its copy is reserved in G(v)
+    TP_ASSIGN_OR_RETURN(uint64_t nb, allocate_locked(*w, vb));
+    if (auto r = data_->write_zeroes(nb * B, B); !r.ok()) {
+      (void)md_->dec_data_block(nb);
+      return r;
+    }
+    TP_TRY(md_->insert(dev, vb, nb));
+  }
+  note_space_locked();
+  return {};
+}
+
+// ---------------------------------------------------------------- public operations
+
+Result<void> Pool::provision(const std::string& name, uint64_t off, uint64_t len,
+                             ProvisionClass cls) {
+  std::unique_lock lk(mu_);
+  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
+  if (len == 0 || off > rec->size_bytes || len > rec->size_bytes - off) {
+    return make_error(Errc::kInvalidArgument, "range is empty or beyond the end of the volume");
+  }
+  const uint64_t B = block_bytes_;
+  // Blocks freed in this transaction are usable only after a commit: commit first so the
+  // space the checks below count is space the allocator can hand out.
+  io_done_.wait(lk, [&] { return inflight_ == 0; });
+  if (md_->data_sm().nr_pending_free() > 0) TP_TRY(commit_locked());
+  if (auto r = provision_locked(name, off / B, (off + len + B - 1) / B, cls, false); !r.ok()) {
+    if (r.error().code == Errc::kNoSpace || r.error().code == Errc::kReadOnly) return r;
+    return abort_locked(r.error());
+  }
+  return commit_locked();
+}
+
+Result<void> Pool::provision_zero(uint64_t dev, uint64_t off, uint64_t len) {
+  if (len == 0) return {};
+  std::unique_lock lk(mu_);
+  TP_TRY(check_writable_locked(dev));
+  TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
+  if (off > rec->size_bytes || len > rec->size_bytes - off) {
+    return make_error(Errc::kInvalidArgument, "range beyond the end of the volume", off);
+  }
+  const uint64_t B = block_bytes_;
+  uint64_t end = off + len;
+  std::string name = rec->name;
+  io_done_.wait(lk, [&] { return inflight_ == 0; });
+  if (md_->data_sm().nr_pending_free() > 0) TP_TRY(commit_locked());
+  // Whole blocks: provisioned with zero content. Partial blocks at the edges: provisioned,
+  // and only the requested bytes zeroed.
+  uint64_t first = (off + B - 1) / B, last = end / B;
+  if (end == rec->size_bytes) last = (end + B - 1) / B;
+  if (first < last) {
+    if (auto r = provision_locked(name, first, last, ProvisionClass::kData, true); !r.ok()) {
+      if (r.error().code == Errc::kNoSpace) return r;
+      return abort_locked(r.error());
+    }
+  }
+  for (uint64_t vb : {off / B, (end - 1) / B}) {
+    uint64_t b_begin = std::max(off, vb * B), b_end = std::min(end, (vb + 1) * B);
+    if (vb >= first && vb < last) continue;
+    TP_TRY(provision_locked(name, vb, vb + 1, ProvisionClass::kData, false));
+    uint32_t boff = static_cast<uint32_t>(b_begin - vb * B);
+    TP_ASSIGN_OR_RETURN(uint64_t target, prepare_write_retry(lk, dev, vb, boff,
+                                                             static_cast<uint32_t>(b_end - b_begin)));
+    TP_TRY(data_->write_zeroes(target * B + boff, b_end - b_begin));
+    if (off / B == (end - 1) / B) break;
+  }
+  return {};
+}
+
+Result<void> Pool::unprovision(const std::string& name, uint64_t off, uint64_t len) {
+  std::unique_lock lk(mu_);
+  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
+  if (len == 0 || off > rec->size_bytes || len > rec->size_bytes - off) {
+    return make_error(Errc::kInvalidArgument, "range is empty or beyond the end of the volume");
+  }
+  const uint64_t B = block_bytes_;
+  uint64_t vb_begin = off / B, vb_end = (off + len + B - 1) / B;
+  if (off + len == rec->size_bytes) vb_end = ~uint64_t{0};
+  VolumeRecord* w = cat_.find(name);
+  w->guarantee = catalog::remove_range(w->guarantee, vb_begin, vb_end);
+  TP_ASSIGN_OR_RETURN(uint64_t g, compute_g_locked(*w));
+  set_g_locked(w->dev_id, g);
+  dirty_ = true;
+  note_space_locked();
+  return commit_locked();
+}
+
+Result<void> Pool::reserve(const std::string& name, uint64_t bytes) {
+  std::unique_lock lk(mu_);
+  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
+  uint64_t want = (bytes + block_bytes_ - 1) / block_bytes_;
+  if (want > rec->reserve_blocks && want - rec->reserve_blocks > unreserved_locked()) {
+    return make_error(Errc::kNoSpace, "not enough unreserved space for the reservation");
+  }
+  reserved_ = reserved_ - rec->reserve_blocks + want;
+  cat_.find(name)->reserve_blocks = want;
+  dirty_ = true;
+  note_space_locked();
+  return commit_locked();
+}
+
+Result<void> Pool::merge(const std::string& snapshot) {
+  std::unique_lock lk(mu_);
+  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_ASSIGN_OR_RETURN(auto* snap, record_locked(snapshot));
+  if (snap->origin.empty()) {
+    return make_error(Errc::kInvalidArgument, "volume is not a snapshot: nothing to merge into");
+  }
+  const VolumeRecord* origin = cat_.find(snap->origin);
+  if (!origin || origin->dev_id != snap->origin_dev_id) {
+    return make_error(Errc::kNotFound, "the snapshot's origin no longer exists");
+  }
+  for (auto& [n, v] : cat_.volumes) {
+    if (v.origin == snapshot) {
+      return make_error(Errc::kBusy, "snapshot has snapshots of its own: remove them first");
+    }
+  }
+  io_done_.wait(lk, [&] { return inflight_ == 0; });
+  std::string origin_name = origin->name;
+  uint64_t odev = origin->dev_id, sdev = snap->dev_id;
+  uint64_t osize = origin->size_bytes;
+  // One transaction: the origin takes the snapshot's tree, the snapshot goes. A crash
+  // leaves either the old or the new content (both live in one metadata commit).
+  Result<void> r = md_->clone_tree_into(odev, sdev);
+  if (r.ok()) r = remove_locked(snapshot);
+  // The origin keeps its size: anything the snapshot mapped beyond it goes.
+  if (r.ok()) {
+    uint64_t nr_vblocks = (osize + block_bytes_ - 1) / block_bytes_;
+    r = unmap_locked(odev, nr_vblocks, ~uint64_t{0});
+  }
+  if (r.ok()) r = recompute_all_g_locked();
+  if (!r.ok()) return abort_locked(r.error());
+  (void)origin_name;
+  dirty_ = true;
+  return commit_locked();
+}
+
+Result<void> Pool::rollback(const std::string& name, const std::string& snapshot) {
+  std::unique_lock lk(mu_);
+  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_ASSIGN_OR_RETURN(auto* vol, record_locked(name));
+  TP_ASSIGN_OR_RETURN(auto* snap, record_locked(snapshot));
+  if (vol == snap) return make_error(Errc::kInvalidArgument, "cannot roll a volume back to itself");
+  if (vol->read_only) return make_error(Errc::kReadOnly, "volume is a read-only snapshot");
+  // Afterwards every guaranteed block of the volume is unmapped or shared with the
+  // snapshot: G(v) becomes the whole guarantee. That growth must fit.
+  uint64_t guaranteed = catalog::covered_blocks(vol->guarantee, 0, ~uint64_t{0});
+  uint64_t g = g_.count(vol->dev_id) ? g_[vol->dev_id] : 0;
+  if (guaranteed - g > unreserved_locked()) {
+    return make_error(Errc::kNoSpace, "not enough unreserved space to keep the guarantee");
+  }
+  io_done_.wait(lk, [&] { return inflight_ == 0; });
+  uint64_t dev = vol->dev_id;
+  uint64_t nr_vblocks = (vol->size_bytes + block_bytes_ - 1) / block_bytes_;
+  Result<void> r = md_->clone_tree_into(dev, snap->dev_id);
+  if (r.ok()) r = unmap_locked(dev, nr_vblocks, ~uint64_t{0});
+  if (r.ok()) r = recompute_all_g_locked();
+  if (!r.ok()) return abort_locked(r.error());
+  dirty_ = true;
+  return commit_locked();
+}
+
+}  // namespace tp::thin
