@@ -161,7 +161,9 @@ class Pool {
   // Sets the explicit reservation to ceil(bytes / block) blocks (0 releases).
   Result<void> reserve(const std::string& name, uint64_t bytes);
   // The origin takes the snapshot's content; the snapshot disappears. Metadata only.
-  Result<void> merge(const std::string& snapshot);
+  // take_size: the origin also takes the snapshot's size (a guarantee that covered the
+  // whole origin then covers the new size, when that fits in the unreserved space).
+  Result<void> merge(const std::string& snapshot, bool take_size = false);
   // The volume takes a shared copy of the snapshot's content; the snapshot stays.
   Result<void> rollback(const std::string& name, const std::string& snapshot);
   // NBD WRITE_ZEROES with NO_HOLE: the range reads as zeros and is provisioned.

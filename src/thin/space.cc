@@ -289,7 +289,7 @@ Result<void> Pool::reserve(const std::string& name, uint64_t bytes) {
   return commit_locked();
 }
 
-Result<void> Pool::merge(const std::string& snapshot) {
+Result<void> Pool::merge(const std::string& snapshot, bool take_size) {
   std::unique_lock lk(mu_);
   if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
   TP_ASSIGN_OR_RETURN(auto* snap, record_locked(snapshot));
@@ -308,7 +308,11 @@ Result<void> Pool::merge(const std::string& snapshot) {
   io_done_.wait(lk, [&] { return inflight_ == 0; });
   std::string origin_name = origin->name;
   uint64_t odev = origin->dev_id, sdev = snap->dev_id;
-  uint64_t osize = origin->size_bytes;
+  uint64_t osize = take_size ? snap->size_bytes : origin->size_bytes;
+  const uint64_t B = block_bytes_;
+  uint64_t old_blocks = (origin->size_bytes + B - 1) / B, new_blocks = (osize + B - 1) / B;
+  bool whole = !origin->guarantee.empty() &&
+               catalog::covered_blocks(origin->guarantee, 0, old_blocks) == old_blocks;
   // One transaction: the origin takes the snapshot's tree, the snapshot goes. A crash
   // leaves either the old or the new content (both live in one metadata commit).
   Result<void> r = md_->clone_tree_into(odev, sdev);
@@ -318,9 +322,24 @@ Result<void> Pool::merge(const std::string& snapshot) {
     uint64_t nr_vblocks = (osize + block_bytes_ - 1) / block_bytes_;
     r = unmap_locked(odev, nr_vblocks, ~uint64_t{0});
   }
+  if (r.ok() && take_size) {
+    VolumeRecord* o = cat_.find(origin_name);
+    o->size_bytes = osize;
+    if (new_blocks < old_blocks) {
+      o->guarantee = catalog::remove_range(o->guarantee, new_blocks, ~uint64_t{0});
+    } else if (whole && new_blocks > old_blocks) {
+      o->guarantee = catalog::add_range(o->guarantee,
+                                        {old_blocks, new_blocks, o->guarantee.back().cls});
+    }
+  }
   if (r.ok()) r = recompute_all_g_locked();
+  if (r.ok() && reserved_ > free_locked() && whole && new_blocks > old_blocks) {
+    // The grown guarantee does not fit: keep the promise at the old size only.
+    VolumeRecord* o = cat_.find(origin_name);
+    o->guarantee = catalog::remove_range(o->guarantee, old_blocks, ~uint64_t{0});
+    r = recompute_all_g_locked();
+  }
   if (!r.ok()) return abort_locked(r.error());
-  (void)origin_name;
   dirty_ = true;
   return commit_locked();
 }
