@@ -125,7 +125,9 @@ Result<std::unique_ptr<Pool>> Pool::create(const std::string& dir, const PoolOpt
   return p;
 }
 
-Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir) {
+Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir) { return open(dir, nullptr); }
+
+Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const DeviceWrapper& wrap) {
   struct stat st;
   if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return make_error(Errc::kCorruption, "not a pool: no such directory");
@@ -138,6 +140,7 @@ Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir) {
   p->dir_ = dir;
   TP_ASSIGN_OR_RETURN(p->lock_fd_, take_lock(dir));
   TP_ASSIGN_OR_RETURN(p->meta_dev_, io::open_file(path_in(dir, kMetadataFile)));
+  if (wrap) p->meta_dev_ = wrap(std::move(p->meta_dev_));
   TP_ASSIGN_OR_RETURN(p->md_, pdata::ThinMetadata::open(*p->meta_dev_));
   TP_ASSIGN_OR_RETURN(catalog::CatalogFile cf,
                       catalog::CatalogFile::open(path_in(dir, kCatalogFile), p->md_->trans_id()));
@@ -545,6 +548,7 @@ Result<uint64_t> Pool::prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t 
   }
   TP_TRY(md_->insert(dev, vb, nb));
   dirty_ = true;
+  if (m) TP_TRY(release_shared_locked(dev, vb, m->data_block));
   return nb;
 }
 
@@ -652,18 +656,23 @@ Result<void> Pool::write(uint64_t dev, uint64_t off, std::span<const std::byte> 
 Result<void> Pool::unmap_locked(uint64_t dev, uint64_t vb_begin, uint64_t vb_end) {
   if (vb_begin >= vb_end) return {};
   TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
-  std::vector<std::pair<uint64_t, bool>> vbs;  // (vb, guaranteed and exclusive)
+  struct Gone {
+    uint64_t vb, block;
+    bool shared, guaranteed;
+  };
+  std::vector<Gone> vbs;
   TP_TRY(md_->walk_exact(dev, vb_begin, vb_end - 1,
                          [&](uint64_t vb, const pdata::Mapping& m) -> Result<bool> {
-                           vbs.emplace_back(vb, !m.shared &&
-                                                    catalog::is_covered(rec->guarantee, vb));
+                           vbs.push_back({vb, m.data_block, m.shared,
+                                          catalog::is_covered(rec->guarantee, vb)});
                            return true;
                          }));
   uint64_t back_to_g = 0;
-  for (auto [vb, guaranteed_exclusive] : vbs) {
-    TP_TRY(md_->remove(dev, vb));
-    back_to_g += guaranteed_exclusive;
+  for (const Gone& x : vbs) {
+    TP_TRY(md_->remove(dev, x.vb));
+    back_to_g += !x.shared && x.guaranteed;
     dirty_ = true;
+    if (x.shared) TP_TRY(release_shared_locked(dev, x.vb, x.block));
   }
   // A guaranteed block stays guaranteed: its freed block returns to R(v).
   if (back_to_g) set_g_locked(dev, (g_.count(dev) ? g_[dev] : 0) + back_to_g);

@@ -21,6 +21,7 @@
 // never hands it out before the commit) while an older request still touches it.
 
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <cstdint>
 #include <memory>
@@ -123,6 +124,11 @@ class Pool {
   static Result<std::unique_ptr<Pool>> create(const std::string& dir, const PoolOptions& opts);
   // Opens the pool in dir, taking its lock (kBusy if another process holds it).
   static Result<std::unique_ptr<Pool>> open(const std::string& dir);
+  // The same, with the metadata device passed through wrap first (crash tests put a
+  // fault-injecting device there).
+  using DeviceWrapper =
+      std::function<std::unique_ptr<io::BlockDevice>(std::unique_ptr<io::BlockDevice>)>;
+  static Result<std::unique_ptr<Pool>> open(const std::string& dir, const DeviceWrapper& wrap);
   ~Pool();
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
@@ -230,6 +236,10 @@ class Pool {
   Result<void> provision_locked(const std::string& name, uint64_t vb_begin, uint64_t vb_end,
                                 catalog::ProvisionClass cls, bool zero_content);
   void note_space_locked();
+  // dev's mapping of vb to old_block was replaced or removed. Sharing is always at the same
+  // virtual block (snapshots, merge and rollback keep addresses), so any guaranteed volume
+  // that still maps vb to old_block may now hold it alone: its G shrinks by one.
+  Result<void> release_shared_locked(uint64_t dev, uint64_t vb, uint64_t old_block);
   Result<uint64_t> new_data_block_locked();
 
   std::string dir_;

@@ -108,6 +108,23 @@ void Pool::note_space_locked() {
   std::erase_if(hook_pids_, [](pid_t p) { return ::waitpid(p, nullptr, WNOHANG) == p; });
 }
 
+Result<void> Pool::release_shared_locked(uint64_t dev, uint64_t vb, uint64_t old_block) {
+  TP_ASSIGN_OR_RETURN(uint32_t left, md_->data_ref_count(old_block));
+  if (left == 0 && g_.empty()) return {};
+  for (auto& [d, g] : g_) {
+    if (d == dev || g == 0) continue;
+    const VolumeRecord* v = cat_.find_dev(d);
+    if (!v || !catalog::is_covered(v->guarantee, vb)) continue;
+    TP_ASSIGN_OR_RETURN(auto m, md_->lookup(d, vb));
+    if (m && m->data_block == old_block && !m->shared) {
+      g--;
+      reserved_--;
+    }
+  }
+  std::erase_if(g_, [](auto& kv) { return kv.second == 0; });
+  return {};
+}
+
 Result<uint64_t> Pool::new_data_block_locked() {
   auto b = md_->alloc_data_block();
   if (!b.ok() && b.error().code == Errc::kNoSpace && md_->data_sm().nr_pending_free() > 0) {
@@ -355,7 +372,19 @@ Result<void> Pool::rollback(const std::string& name, const std::string& snapshot
   // snapshot: G(v) becomes the whole guarantee. That growth must fit.
   uint64_t guaranteed = catalog::covered_blocks(vol->guarantee, 0, ~uint64_t{0});
   uint64_t g = g_.count(vol->dev_id) ? g_[vol->dev_id] : 0;
-  if (guaranteed - g > unreserved_locked()) {
+  // ... and, as for a snapshot of SNAP, SNAP's guaranteed blocks that are mapped and
+  // exclusive (and inside the volume) become shared with the volume.
+  uint64_t nr_vblocks_v = (vol->size_bytes + block_bytes_ - 1) / block_bytes_;
+  uint64_t snap_exclusive = 0;
+  for (const GuaranteeRange& r : snap->guarantee) {
+    if (r.begin >= nr_vblocks_v) break;
+    TP_TRY(md_->walk_exact(snap->dev_id, r.begin, std::min(r.end, nr_vblocks_v) - 1,
+                           [&](uint64_t, const pdata::Mapping& m) -> Result<bool> {
+                             snap_exclusive += !m.shared;
+                             return true;
+                           }));
+  }
+  if ((guaranteed - g) + snap_exclusive > unreserved_locked()) {
     return make_error(Errc::kNoSpace, "not enough unreserved space to keep the guarantee");
   }
   io_done_.wait(lk, [&] { return inflight_ == 0; });

@@ -155,8 +155,13 @@ TEST_F(SpaceTest, ABUpdateWithWriteBudgetThenMerge) {
   std::string delta = pattern(32 * kB, 11);
   v2.replace(64 * kB, delta.size(), delta);
   ASSERT_TRUE(pool_->write(dev("next"), 64 * kB, bytes(delta)).ok());
-  EXPECT_EQ(pool_->write(dev("next"), 200 * kB, bytes(pattern(kB, 12))).error().code,
-            Errc::kNoSpace);
+  // The 32 base blocks the update replaced are the base's alone now: their reservation
+  // is released (exact sharing), so the filler gets exactly those 32 and no more.
+  EXPECT_EQ(pool_->info().unreserved_blocks, 32u);
+  EXPECT_EQ(fill("filler", 1024u - 256u - 256u - 32u), 32u);
+  auto over = pool_->write(dev("next"), 200 * kB, bytes(pattern(kB, 12)));
+  ASSERT_FALSE(over.ok());
+  EXPECT_EQ(over.error().code, Errc::kNoSpace) << over.error().to_string();
   EXPECT_EQ(read("next", 0, v2.size()), v2);
   EXPECT_EQ(read("base", 0, v1.size()), v1);
   ASSERT_TRUE(pool_->merge("next").ok());
@@ -165,7 +170,7 @@ TEST_F(SpaceTest, ABUpdateWithWriteBudgetThenMerge) {
   // The base's guarantee holds again with nothing extra reserved; the old 32 blocks are free.
   PoolInfo i = pool_->info();
   EXPECT_EQ(i.reserved_blocks, 0u);
-  EXPECT_EQ(i.free_blocks, 32u + 256u);
+  EXPECT_EQ(i.free_blocks, 256u);  // the old image's 32 exclusive blocks went to the filler
   auto vi = pool_->volume("base");
   EXPECT_EQ(vi->guaranteed_blocks, 256u);
   EXPECT_EQ(vi->exclusive_blocks, 256u);

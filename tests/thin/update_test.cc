@@ -156,6 +156,9 @@ TEST_F(UpdateTest, WrongBaseIsRefused) {
 }
 
 TEST_F(UpdateTest, DeltaLargerThanReservationOnFullPoolDropsNext) {
+  // A guaranteed base reserves a copy of every block for its snapshot, which covers any
+  // in-place update; without a guarantee only the snapshot's budget counts.
+  ASSERT_TRUE(pool_->unprovision("base", 0, v1_.size()).ok());
   ASSERT_TRUE(pool_->snapshot("base", "base.next", true, kB).ok());  // 1 block of budget
   ASSERT_TRUE(pool_->create_volume("filler", 64ull << 20).ok());
   std::string blk = random_image(kB, 9);
