@@ -199,7 +199,7 @@ Result<void> Pool::commit_locked() {
     failed_ = true;
     return r;
   }
-  if (!dirty_) return {};
+  if (!dirty_ && md_->data_sm().nr_pending_free() == 0) return {};
   uint64_t next = md_->trans_id() + 1;
   // The catalog generation goes first (two generations: see catalog.h), then the
   // metadata transaction with the superblock last.
@@ -605,6 +605,7 @@ Result<void> Pool::write(uint64_t dev, uint64_t off, std::span<const std::byte> 
   thread_local std::vector<std::pair<uint64_t, uint64_t>> targets;  // (vb, data block)
   uint64_t end = off + buf.size();
   uint64_t pos = off;
+  bool committed_for_space = false;  // at most one commit per stretch of progress
   while (pos < end || buf.empty()) {
     targets.clear();
     Result<void> prep;
@@ -628,11 +629,16 @@ Result<void> Pool::write(uint64_t dev, uint64_t off, std::span<const std::byte> 
       }
       if (targets.empty()) {
         if (!is_wait_commit(prep)) return prep;
+        if (committed_for_space) {
+          return make_error(Errc::kNoSpace, "pool is full (no unreserved blocks)");
+        }
         // Only blocks freed in this transaction are left: commit, then they are usable.
         io_done_.wait(lk, [&] { return inflight_ == 0; });
         TP_TRY(commit_locked());
+        committed_for_space = true;
         continue;
       }
+      committed_for_space = false;
       begin_io_locked();
     }
     Result<void> res;
