@@ -13,8 +13,9 @@ namespace {
 
 // The order of --help: the everyday commands first. A command missing here goes last.
 constexpr std::string_view kHelpOrder[] = {
-    "init",   "info",   "list",  "create", "snapshot", "remove",
-    "resize", "extend", "delta", "write",  "read",     "check",
+    "init",   "info",      "list",        "create",  "snapshot", "remove",   "resize",
+    "extend", "provision", "unprovision", "reserve", "merge",    "rollback", "delta",
+    "diff",   "update",    "write",       "read",    "check",
 };
 
 size_t help_rank(std::string_view name) {

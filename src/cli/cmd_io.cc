@@ -1,5 +1,6 @@
-// Image I/O: write (file -> volume, zero blocks stay unmapped) and read (volume -> sparse
-// file).
+// Image I/O: write (file -> volume, zero blocks stay unmapped), read (volume -> sparse
+// file), and delta updates: diff (two volumes or image files -> delta file) and update
+// (delta file -> volume, through NAME.next; SEMANTICS.md "A/B updates").
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -18,6 +19,7 @@
 #include "cli/command.h"
 #include "cli/pool_access.h"
 #include "cli/size.h"
+#include "thin/update.h"
 
 namespace tp::cli {
 namespace {
@@ -460,11 +462,239 @@ class ReadCommand final : public Command {
   std::string name_, file_;
 };
 
+// --- diff -------------------------------------------------------------------------------
+
+// An input file (image or delta) must be a readable regular file: checked before the pool is
+// opened so that the message names the file. (thin::file_source takes the size from stat,
+// which is 0 for a block device.)
+int check_input_file(const Context& ctx, std::string_view command, const std::string& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    return ctx.fail(command, path, std::strerror(errno), kExitFailed);
+  }
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) {
+    return ctx.fail(command, path, std::strerror(errno), kExitFailed);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return ctx.fail(command, path, "not a regular file", kExitFailed);
+  }
+  return kExitOk;
+}
+
+// The delta blocks (of delta_bytes) that ranges from Pool::delta touch, sorted and unique:
+// the only blocks write_delta compares, so blocks both volumes share are not read for the
+// comparison. (The SHA-256 of both volumes in the delta's header still reads each once.)
+std::vector<uint64_t> candidate_blocks(const std::vector<thin::DeltaRange>& ranges,
+                                       uint64_t delta_bytes) {
+  std::vector<uint64_t> blocks;
+  for (const auto& r : ranges) {
+    if (r.length == 0) {
+      continue;
+    }
+    const uint64_t first = r.offset / delta_bytes;
+    const uint64_t last = (r.offset + r.length - 1) / delta_bytes;
+    for (uint64_t b = first; b <= last; b++) {
+      if (blocks.empty() || blocks.back() != b) {  // neighbouring ranges share a block
+        blocks.push_back(b);
+      }
+    }
+  }
+  std::sort(blocks.begin(), blocks.end());
+  blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+  return blocks;
+}
+
+class DiffCommand final : public Command {
+ public:
+  const char* name() const override { return "diff"; }
+  const char* description() const override {
+    return "Write a delta file: the blocks where volumes OLD and NEW differ (or, with --files, "
+           "two image files) and the checksum of NEW";
+  }
+  void declare(CLI::App& sub) override {
+    sub.add_option("OLD", old_, "Old volume (image file with --files)")->required();
+    sub.add_option("NEW", new_, "New volume (image file with --files)")->required();
+    sub.add_option("-o,--output", output_, "Delta file to write")->required();
+    sub.add_flag("--files", files_, "OLD and NEW are image files (no pool needed)");
+    sub.add_option("--block-size", block_size_,
+                   "Granularity of the delta: a multiple of 4K, at most 64M")
+        ->capture_default_str();
+  }
+  int run(const Context& ctx) override {
+    auto block = size_arg(ctx, name(), "--block-size", block_size_);
+    if (!block) {
+      return kExitUsage;
+    }
+    if (*block == 0 || *block % 4096 != 0 || *block > (64u << 20)) {
+      return ctx.usage(name(), "--block-size \"" + block_size_ + "\"",
+                       "the delta block size must be a multiple of 4 KiB, at most 64 MiB");
+    }
+    const uint32_t bb = static_cast<uint32_t>(*block);
+    if (files_) {
+      return diff_files(ctx, bb);
+    }
+    if (!name_arg(ctx, name(), old_) || !name_arg(ctx, name(), new_)) {
+      return kExitUsage;
+    }
+    return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
+      uint64_t devs[2];
+      for (int i = 0; i < 2; i++) {
+        const std::string& n = i == 0 ? old_ : new_;
+        auto d = pool.dev_id(n);
+        if (!d.ok()) {
+          return ctx.fail(name(), n, d.error());
+        }
+        devs[i] = *d;
+      }
+      auto ranges = pool.delta(old_, new_);
+      if (!ranges.ok()) {
+        return ctx.fail(name(), old_ + " " + new_, ranges.error());
+      }
+      const std::vector<uint64_t> candidates = candidate_blocks(*ranges, bb);
+      thin::ImageSource o = thin::volume_source(pool, devs[0]);
+      thin::ImageSource n = thin::volume_source(pool, devs[1]);
+      o.candidates = &candidates;
+      n.candidates = &candidates;
+      return write(ctx, o, n, bb, r);
+    });
+  }
+
+ private:
+  int diff_files(const Context& ctx, uint32_t bb) {
+    for (const std::string* path : {&old_, &new_}) {
+      if (int st = check_input_file(ctx, name(), *path); st != kExitOk) {
+        return st;
+      }
+    }
+    int fds[2] = {-1, -1};
+    thin::ImageSource src[2];
+    for (int i = 0; i < 2; i++) {
+      const std::string& path = i == 0 ? old_ : new_;
+      auto s = thin::file_source(path, &fds[i]);
+      if (!s.ok()) {
+        if (i == 1) {
+          ::close(fds[0]);
+        }
+        return ctx.fail(name(), path, s.error().to_string(), kExitFailed);
+      }
+      src[i] = std::move(s).value();
+    }
+    Fd keep_old(fds[0]), keep_new(fds[1]);
+    Report r;
+    if (int st = write(ctx, src[0], src[1], bb, r); st != kExitOk) {
+      return st;
+    }
+    return print_report(ctx, name(), r);
+  }
+
+  int write(const Context& ctx, const thin::ImageSource& o, const thin::ImageSource& n, uint32_t bb,
+            Report& r) {
+    auto st = thin::write_delta(output_, o, n, bb);
+    if (!st.ok()) {
+      // Reading a volume or an image, or writing the delta: never damage of the pool.
+      return ctx.fail(name(), output_, st.error().to_string(), kExitFailed);
+    }
+    r.json = {{"old", old_},
+              {"new", new_},
+              {"output", output_},
+              {"block_bytes", bb},
+              {"old_size_bytes", o.size},
+              {"new_size_bytes", n.size},
+              {"entries", st->entries},
+              {"data_entries", st->data_entries},
+              {"zero_entries", st->zero_entries},
+              {"bytes", st->bytes}};
+    r.text = fmt::format("wrote {}: {} entr{} of {} ({} with data, {} zero), {} ({} bytes)\n",
+                         output_, st->entries, st->entries == 1 ? "y" : "ies", format_bytes(bb),
+                         st->data_entries, st->zero_entries, format_bytes(st->bytes), st->bytes);
+    return kExitOk;
+  }
+
+  std::string old_, new_, output_;
+  std::string block_size_ = "64K";
+  bool files_ = false;
+};
+
+// --- update -----------------------------------------------------------------------------
+
+class UpdateCommand final : public Command {
+ public:
+  const char* name() const override { return "update"; }
+  const char* description() const override {
+    return "Apply a delta file to volume NAME through the writable snapshot NAME.next: "
+           "verify, then merge (or stop there with --stage)";
+  }
+  void declare(CLI::App& sub) override {
+    sub.add_option("NAME", name_, "Volume to update")->required();
+    sub.add_option("--delta", delta_, "Delta file (from diff)")->required();
+    sub.add_flag("--stage", stage_,
+                 "Stop before the merge: NAME.next holds the new image (merge or remove it "
+                 "later)");
+  }
+  int run(const Context& ctx) override {
+    if (!name_arg(ctx, name(), name_)) {
+      return kExitUsage;
+    }
+    // NAME.next must be a valid name too (NAME may be 128 characters long already).
+    if (!name_arg(ctx, name(), name_ + ".next")) {
+      return kExitUsage;
+    }
+    if (int st = check_input_file(ctx, name(), delta_); st != kExitOk) {
+      return st;
+    }
+    return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
+      auto up = thin::apply_update(pool, name_, delta_, stage_);
+      if (!up.ok()) {
+        // A bad delta, a wrong base or no space: the update failed, the pool is fine.
+        return ctx.fail(name(), name_, up.error().to_string(), kExitFailed);
+      }
+      const thin::UpdateResult& u = *up;
+      const std::string next = name_ + ".next";
+      const uint64_t bb = pool.block_bytes();
+      r.json = {{"volume", name_},
+                {"delta", delta_},
+                {"next", next},
+                {"used_existing_next", u.used_existing_next},
+                {"reserved_blocks", u.reserved_blocks},
+                {"reserved_bytes", u.reserved_blocks * bb},
+                {"entries_applied", u.entries_applied},
+                {"staged", u.staged},
+                {"merged", !u.staged}};
+      std::string& t = r.text;
+      if (u.used_existing_next) {
+        t += fmt::format("using the reserved snapshot {}\n", next);
+      } else {
+        t += fmt::format("created {} with {} reserved ({} block{})\n", next,
+                         format_bytes(u.reserved_blocks * bb), u.reserved_blocks,
+                         u.reserved_blocks == 1 ? "" : "s");
+      }
+      t += fmt::format("applied {} entr{} from {}; checksum verified\n", u.entries_applied,
+                       u.entries_applied == 1 ? "y" : "ies", delta_);
+      if (u.staged) {
+        t += fmt::format(
+            "staged: {} holds the new image (merge {} to finish, remove {} to "
+            "drop it)\n",
+            next, next, next);
+      } else {
+        t += fmt::format("merged {} into {}\n", next, name_);
+      }
+      return kExitOk;
+    });
+  }
+
+ private:
+  std::string name_, delta_;
+  bool stage_ = false;
+};
+
 }  // namespace
 
 void add_io_commands(CommandList& list) {
   list.push_back(std::make_unique<WriteCommand>());
   list.push_back(std::make_unique<ReadCommand>());
+  list.push_back(std::make_unique<DiffCommand>());
+  list.push_back(std::make_unique<UpdateCommand>());
 }
 
 }  // namespace tp::cli

@@ -1,10 +1,13 @@
-// Volume commands: list, create, snapshot, remove, resize, delta.
+// Volume commands: list, create, snapshot, remove, resize, delta, and guaranteed space:
+// provision, unprovision, reserve, merge, rollback (SEMANTICS.md "Operations").
 
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <optional>
 
+#include "catalog/catalog.h"
 #include "cli/args.h"
 #include "cli/command.h"
 #include "cli/pool_access.h"
@@ -14,17 +17,22 @@
 namespace tp::cli {
 namespace {
 
-// A size checked against the largest volume the engine allows (a usage error, exit 2).
+// A size (or offset, length) checked against the largest volume the engine allows (a usage
+// error, exit 2).
 std::optional<uint64_t> volume_size_arg(const Context& ctx, std::string_view command,
-                                        const std::string& text) {
-  auto size = size_arg(ctx, command, "--size", text);
+                                        std::string_view option, const std::string& text) {
+  auto size = size_arg(ctx, command, option, text);
   if (size && *size > thin::kMaxVolumeBytes) {
-    ctx.usage(command, "--size \"" + text + "\"",
+    ctx.usage(command, std::string(option) + " \"" + text + "\"",
               fmt::format("too large for a volume (the limit is {})",
                           format_bytes(thin::kMaxVolumeBytes)));
     return std::nullopt;
   }
   return size;
+}
+std::optional<uint64_t> volume_size_arg(const Context& ctx, std::string_view command,
+                                        const std::string& text) {
+  return volume_size_arg(ctx, command, "--size", text);
 }
 
 // Looks the volume up and fills the report with it (after create, snapshot, resize).
@@ -70,6 +78,9 @@ class CreateCommand final : public Command {
   void declare(CLI::App& sub) override {
     sub.add_option("NAME", name_, "Volume name")->required();
     sub.add_option("--size", size_, "Virtual size, e.g. 10G")->required();
+    sub.add_flag("--provision", provision_,
+                 "Guarantee the whole volume: map every block now, so its writes never fail "
+                 "for lack of space");
   }
   int run(const Context& ctx) override {
     if (!name_arg(ctx, name(), name_)) {
@@ -80,16 +91,20 @@ class CreateCommand final : public Command {
       return kExitUsage;
     }
     return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
-      if (auto c = pool.create_volume(name_, *size); !c.ok()) {
+      if (auto c = pool.create_volume(name_, *size, provision_); !c.ok()) {
         return ctx.fail(name(), name_, c.error());
       }
-      return report_volume(ctx, name(), pool, name_,
-                           fmt::format("created volume {} ({})\n", name_, format_bytes(*size)), r);
+      return report_volume(
+          ctx, name(), pool, name_,
+          fmt::format("created {}volume {} ({})\n", provision_ ? "provisioned " : "", name_,
+                      format_bytes(*size)),
+          r);
     });
   }
 
  private:
   std::string name_, size_;
+  bool provision_ = false;
 };
 
 // --- snapshot ---------------------------------------------------------------------------
@@ -104,26 +119,39 @@ class SnapshotCommand final : public Command {
     sub.add_option("ORIGIN", origin_, "Volume or snapshot to snapshot")->required();
     sub.add_option("NAME", name_, "Name of the new snapshot")->required();
     sub.add_flag("--writable", writable_, "Make the snapshot writable");
+    sub.add_option("--reserve", reserve_,
+                   "Set aside this much space for the snapshot's writes (e.g. the size of "
+                   "the next update)");
   }
   int run(const Context& ctx) override {
     if (!name_arg(ctx, name(), origin_) || !name_arg(ctx, name(), name_)) {
       return kExitUsage;
     }
+    uint64_t reserve = 0;
+    if (!reserve_.empty()) {
+      auto r = volume_size_arg(ctx, name(), "--reserve", reserve_);
+      if (!r) {
+        return kExitUsage;
+      }
+      reserve = *r;
+    }
     return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
-      if (auto s = pool.snapshot(origin_, name_, writable_); !s.ok()) {
+      if (auto s = pool.snapshot(origin_, name_, writable_, reserve); !s.ok()) {
         // The origin is the subject when it is the one missing.
         const bool origin_missing = s.error().code == Errc::kNotFound;
         return ctx.fail(name(), origin_missing ? origin_ : name_, s.error());
       }
-      return report_volume(ctx, name(), pool, name_,
-                           fmt::format("created {}snapshot {} of {}\n",
-                                       writable_ ? "writable " : "", name_, origin_),
-                           r);
+      std::string text =
+          fmt::format("created {}snapshot {} of {}", writable_ ? "writable " : "", name_, origin_);
+      if (reserve > 0) {
+        text += fmt::format(" with {} reserved for its writes", format_bytes(reserve));
+      }
+      return report_volume(ctx, name(), pool, name_, text + "\n", r);
     });
   }
 
  private:
-  std::string origin_, name_;
+  std::string origin_, name_, reserve_;
   bool writable_ = false;
 };
 
@@ -249,6 +277,250 @@ class DeltaCommand final : public Command {
   std::string a_, b_;
 };
 
+// --- provision / unprovision -----------------------------------------------------------
+
+// --offset/--length of provision and unprovision. Both optional: the offset defaults to 0
+// and the length to the rest of the volume, so neither means the whole volume.
+class RangeOptions {
+ public:
+  void declare(CLI::App& sub) {
+    sub.add_option("--offset", offset_, "Start of the range (default 0)");
+    sub.add_option("--length", length_, "Length of the range (default: to the end)");
+  }
+  // Parses the options (usage error 2 on a bad value) before the pool is opened.
+  bool parse(const Context& ctx, std::string_view command) {
+    if (!offset_.empty()) {
+      auto o = volume_size_arg(ctx, command, "--offset", offset_);
+      if (!o) {
+        return false;
+      }
+      off_ = *o;
+    }
+    if (!length_.empty()) {
+      auto l = volume_size_arg(ctx, command, "--length", length_);
+      if (!l) {
+        return false;
+      }
+      if (*l == 0) {
+        ctx.usage(command, "--length \"" + length_ + "\"", "the range must not be empty");
+        return false;
+      }
+      len_ = *l;
+    }
+    return true;
+  }
+  uint64_t offset() const { return off_; }
+  // The length for a volume of size_bytes: as given, else up to its end (0 when the offset
+  // is at or past the end: the engine refuses the empty range and names the volume).
+  uint64_t length(uint64_t size_bytes) const {
+    if (len_) {
+      return *len_;
+    }
+    return size_bytes > off_ ? size_bytes - off_ : 0;
+  }
+  bool whole() const { return offset_.empty() && length_.empty(); }
+
+ private:
+  std::string offset_, length_;
+  uint64_t off_ = 0;
+  std::optional<uint64_t> len_;
+};
+
+// "base: guaranteed 16.00 MiB, reserved 0 B" after a change of its guarantee.
+std::string space_summary(thin::Pool& pool, const std::string& vol) {
+  auto v = pool.volume(vol);
+  if (!v.ok()) {
+    return vol;
+  }
+  const uint64_t bb = pool.block_bytes();
+  return fmt::format("{}: guaranteed {}, reserved {}", vol, format_bytes(v->guaranteed_blocks * bb),
+                     format_bytes(v->reserved_blocks * bb));
+}
+
+class ProvisionCommand final : public Command {
+ public:
+  const char* name() const override { return "provision"; }
+  const char* description() const override {
+    return "Guarantee a range of a volume (default: all of it): map its blocks now so its "
+           "writes never fail for lack of space";
+  }
+  void declare(CLI::App& sub) override {
+    sub.add_option("NAME", name_, "Volume")->required();
+    range_.declare(sub);
+    sub.add_option("--class", class_, "Provisioning class: data or meta")
+        ->check(CLI::IsMember({"data", "meta"}))
+        ->capture_default_str();
+  }
+  int run(const Context& ctx) override {
+    if (!name_arg(ctx, name(), name_) || !range_.parse(ctx, name())) {
+      return kExitUsage;
+    }
+    const auto cls =
+        class_ == "meta" ? catalog::ProvisionClass::kMeta : catalog::ProvisionClass::kData;
+    return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
+      auto vol = pool.volume(name_);
+      if (!vol.ok()) {
+        return ctx.fail(name(), name_, vol.error());
+      }
+      const uint64_t len = range_.length(vol->size_bytes);
+      if (auto p = pool.provision(name_, range_.offset(), len, cls); !p.ok()) {
+        return ctx.fail(name(), name_, p.error());
+      }
+      return report_volume(
+          ctx, name(), pool, name_,
+          fmt::format("provisioned {} of {} at offset {} (class {}); {}\n", format_bytes(len),
+                      name_, range_.offset(), class_, space_summary(pool, name_)),
+          r);
+    });
+  }
+
+ private:
+  std::string name_, class_ = "data";
+  RangeOptions range_;
+};
+
+class UnprovisionCommand final : public Command {
+ public:
+  const char* name() const override { return "unprovision"; }
+  const char* description() const override {
+    return "Remove a range of a volume (default: all of it) from its guarantee; the data stays";
+  }
+  void declare(CLI::App& sub) override {
+    sub.add_option("NAME", name_, "Volume")->required();
+    range_.declare(sub);
+  }
+  int run(const Context& ctx) override {
+    if (!name_arg(ctx, name(), name_) || !range_.parse(ctx, name())) {
+      return kExitUsage;
+    }
+    return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
+      auto vol = pool.volume(name_);
+      if (!vol.ok()) {
+        return ctx.fail(name(), name_, vol.error());
+      }
+      const uint64_t len = range_.length(vol->size_bytes);
+      if (auto u = pool.unprovision(name_, range_.offset(), len); !u.ok()) {
+        return ctx.fail(name(), name_, u.error());
+      }
+      return report_volume(
+          ctx, name(), pool, name_,
+          fmt::format("unprovisioned {} of {} at offset {}; {}\n", format_bytes(len), name_,
+                      range_.offset(), space_summary(pool, name_)),
+          r);
+    });
+  }
+
+ private:
+  std::string name_;
+  RangeOptions range_;
+};
+
+// --- reserve ----------------------------------------------------------------------------
+
+class ReserveCommand final : public Command {
+ public:
+  const char* name() const override { return "reserve"; }
+  const char* description() const override {
+    return "Set a volume's explicit reservation: space set aside for its writes (0 releases)";
+  }
+  void declare(CLI::App& sub) override {
+    sub.add_option("NAME", name_, "Volume")->required();
+    sub.add_option("SIZE", size_, "Reservation, e.g. 64M (rounded up to whole blocks)")->required();
+  }
+  int run(const Context& ctx) override {
+    if (!name_arg(ctx, name(), name_)) {
+      return kExitUsage;
+    }
+    auto size = volume_size_arg(ctx, name(), "SIZE", size_);
+    if (!size) {
+      return kExitUsage;
+    }
+    return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
+      if (auto rs = pool.reserve(name_, *size); !rs.ok()) {
+        return ctx.fail(name(), name_, rs.error());
+      }
+      auto v = pool.volume(name_);
+      const uint64_t e = v.ok() ? v->explicit_reserve_blocks * pool.block_bytes() : 0;
+      const std::string text = *size == 0 ? fmt::format("released the reservation of {}\n", name_)
+                                          : fmt::format("reserved {} for {}; {}\n", format_bytes(e),
+                                                        name_, space_summary(pool, name_));
+      return report_volume(ctx, name(), pool, name_, text, r);
+    });
+  }
+
+ private:
+  std::string name_, size_;
+};
+
+// --- merge ------------------------------------------------------------------------------
+
+class MergeCommand final : public Command {
+ public:
+  const char* name() const override { return "merge"; }
+  const char* description() const override {
+    return "The origin of snapshot SNAP takes its content; SNAP is removed";
+  }
+  void declare(CLI::App& sub) override {
+    sub.add_option("SNAP", snap_, "Snapshot to merge into its origin")->required();
+  }
+  int run(const Context& ctx) override {
+    if (!name_arg(ctx, name(), snap_)) {
+      return kExitUsage;
+    }
+    return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
+      auto snap = pool.volume(snap_);
+      if (!snap.ok()) {
+        return ctx.fail(name(), snap_, snap.error());
+      }
+      const std::string origin = snap->origin;
+      if (auto m = pool.merge(snap_); !m.ok()) {
+        return ctx.fail(name(), snap_, m.error());
+      }
+      return report_volume(ctx, name(), pool, origin,
+                           fmt::format("merged {} into {} ({} removed)\n", snap_, origin, snap_),
+                           r);
+    });
+  }
+
+ private:
+  std::string snap_;
+};
+
+// --- rollback ---------------------------------------------------------------------------
+
+class RollbackCommand final : public Command {
+ public:
+  const char* name() const override { return "rollback"; }
+  const char* description() const override {
+    return "Volume NAME takes a copy of snapshot SNAP's content; SNAP is kept";
+  }
+  void declare(CLI::App& sub) override {
+    sub.add_option("NAME", name_, "Volume to roll back")->required();
+    sub.add_option("--to", snap_, "Snapshot whose content NAME takes")->required();
+  }
+  int run(const Context& ctx) override {
+    if (!name_arg(ctx, name(), name_) || !name_arg(ctx, name(), snap_)) {
+      return kExitUsage;
+    }
+    return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
+      // The engine names neither volume in its error: say which one is missing.
+      for (const std::string* n : {&name_, &snap_}) {
+        if (auto v = pool.dev_id(*n); !v.ok()) {
+          return ctx.fail(name(), *n, v.error());
+        }
+      }
+      if (auto rb = pool.rollback(name_, snap_); !rb.ok()) {
+        return ctx.fail(name(), name_, rb.error());
+      }
+      return report_volume(ctx, name(), pool, name_,
+                           fmt::format("rolled {} back to {} ({} kept)\n", name_, snap_, snap_), r);
+    });
+  }
+
+ private:
+  std::string name_, snap_;
+};
+
 }  // namespace
 
 void add_volume_commands(CommandList& list) {
@@ -258,6 +530,11 @@ void add_volume_commands(CommandList& list) {
   list.push_back(std::make_unique<RemoveCommand>());
   list.push_back(std::make_unique<ResizeCommand>());
   list.push_back(std::make_unique<DeltaCommand>());
+  list.push_back(std::make_unique<ProvisionCommand>());
+  list.push_back(std::make_unique<UnprovisionCommand>());
+  list.push_back(std::make_unique<ReserveCommand>());
+  list.push_back(std::make_unique<MergeCommand>());
+  list.push_back(std::make_unique<RollbackCommand>());
 }
 
 }  // namespace tp::cli

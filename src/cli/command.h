@@ -5,10 +5,9 @@
 // in that group's add_* function (see app.cc for the order they appear in --help).
 //
 //   cmd_pool.cc    init info extend check             (later: check --repair)
-//   cmd_volume.cc  list create snapshot remove resize delta
-//                                                      (later: provision unprovision reserve
-//                                                       merge rollback)
-//   cmd_io.cc      write read                          (later: diff update)
+//   cmd_volume.cc  list create snapshot remove resize delta provision unprovision reserve
+//                  merge rollback
+//   cmd_io.cc      write read diff update
 //   (later) cmd_serve.cc  serve
 
 #include <memory>
@@ -40,8 +39,9 @@ class Command {
 
 using CommandList = std::vector<std::unique_ptr<Command>>;
 
-void add_pool_commands(CommandList& list);    // init info extend check
-void add_volume_commands(CommandList& list);  // list create snapshot remove resize delta
-void add_io_commands(CommandList& list);      // write read
+void add_pool_commands(CommandList& list);  // init info extend check
+// list create snapshot remove resize delta provision unprovision reserve merge rollback
+void add_volume_commands(CommandList& list);
+void add_io_commands(CommandList& list);  // write read diff update
 
 }  // namespace tp::cli

@@ -43,6 +43,15 @@ nlohmann::json pool_info_json(const thin::PoolInfo& info) {
   j["state"] = thin::pool_state_name(info.state);
   j["low_water_percent"] = info.low_water_percent;
   j["volumes"] = info.volumes;
+  // Guaranteed space per provisioning class (SEMANTICS.md): what the guarantees cover, and
+  // of that what the pool holds back for them (unmapped or shared blocks); the explicit
+  // reservations (reserve, snapshot --reserve) are counted separately.
+  j["guaranteed_data_bytes"] = info.data_class.guaranteed_blocks * bb;
+  j["guaranteed_meta_bytes"] = info.meta_class.guaranteed_blocks * bb;
+  j["reserved_data_bytes"] = info.data_class.reserved_blocks * bb;
+  j["reserved_meta_bytes"] = info.meta_class.reserved_blocks * bb;
+  j["explicit_reserved_bytes"] = info.explicit_reserved_blocks * bb;
+  j["low_water_crossings"] = info.low_water_crossings;
   return j;
 }
 
@@ -71,11 +80,23 @@ std::string pool_info_text(const std::string& dir, const thin::PoolInfo& info) {
   t.add({"low water", fmt::format("{} %", info.low_water_percent)});
   t.add({"transaction id", std::to_string(info.trans_id)});
   t.add({"volumes", std::to_string(info.volumes)});
+  t.add({"low-water crossings", std::to_string(info.low_water_crossings)});
   std::ostringstream os;
   t.print(os);
   // The header row of a key/value table is empty: drop it.
   std::string s = os.str();
-  return s.substr(s.find('\n') + 1);
+  s = s.substr(s.find('\n') + 1);
+
+  // Where the reserved blocks go: guarantees by class, then explicit reservations.
+  Table space({"SPACE", "GUARANTEED", "RESERVED"}, {false, true, true});
+  space.add({"data", format_bytes(info.data_class.guaranteed_blocks * bb),
+             format_bytes(info.data_class.reserved_blocks * bb)});
+  space.add({"meta", format_bytes(info.meta_class.guaranteed_blocks * bb),
+             format_bytes(info.meta_class.reserved_blocks * bb)});
+  space.add({"explicit", "-", format_bytes(info.explicit_reserved_blocks * bb)});
+  std::ostringstream os2;
+  space.print(os2);
+  return s + "\n" + os2.str();
 }
 
 nlohmann::json volume_json(const thin::VolumeInfo& v, uint32_t block_bytes) {
@@ -93,6 +114,11 @@ nlohmann::json volume_json(const thin::VolumeInfo& v, uint32_t block_bytes) {
   j["guaranteed_bytes"] = v.guaranteed_blocks * bb;
   j["reserved_blocks"] = v.reserved_blocks;
   j["reserved_bytes"] = v.reserved_blocks * bb;
+  j["guaranteed_data_bytes"] = v.data_class.guaranteed_blocks * bb;
+  j["guaranteed_meta_bytes"] = v.meta_class.guaranteed_blocks * bb;
+  j["reserved_data_bytes"] = v.data_class.reserved_blocks * bb;
+  j["reserved_meta_bytes"] = v.meta_class.reserved_blocks * bb;
+  j["explicit_reserved_bytes"] = v.explicit_reserve_blocks * bb;
   j["writable"] = !v.read_only;
   j["read_only"] = v.read_only;
   j["created_unix"] = v.created_unix;

@@ -12,14 +12,19 @@ namespace tp::cli {
 
 // {block_bytes, size_bytes, used_bytes, free_bytes, reserved_bytes, unreserved_bytes,
 //  metadata_bytes, metadata_used_bytes, transaction_id, state, low_water_percent, volumes,
-//  and the same counts in blocks: nr_blocks, used_blocks, ...}
+//  guaranteed_data_bytes, guaranteed_meta_bytes, reserved_data_bytes, reserved_meta_bytes,
+//  explicit_reserved_bytes, low_water_crossings, and the same counts in blocks:
+//  nr_blocks, used_blocks, ...}
 nlohmann::json pool_info_json(const thin::PoolInfo& info);
-// "key  value" lines, sizes in human units and exact numbers.
+// "key  value" lines, sizes in human units and exact numbers, then a SPACE GUARANTEED
+// RESERVED table (data, meta, explicit).
 std::string pool_info_text(const std::string& dir, const thin::PoolInfo& info);
 
 // {name, dev_id, size_bytes, origin, mapped_blocks, mapped_bytes, exclusive_blocks,
 //  exclusive_bytes, guaranteed_blocks, guaranteed_bytes, reserved_blocks, reserved_bytes,
-//  writable, read_only, created_unix}; origin is null for a volume that is not a snapshot.
+//  guaranteed_data_bytes, guaranteed_meta_bytes, reserved_data_bytes, reserved_meta_bytes,
+//  explicit_reserved_bytes, writable, read_only, created_unix}; origin is null for a volume
+//  that is not a snapshot. reserved_bytes = R(v) = G(v) + E(v).
 nlohmann::json volume_json(const thin::VolumeInfo& v, uint32_t block_bytes);
 // NAME ID SIZE ORIGIN MAPPED EXCLUSIVE GUARANTEED RESERVED WRITABLE
 std::string volumes_table(const std::vector<thin::VolumeInfo>& vols, uint32_t block_bytes);

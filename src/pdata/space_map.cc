@@ -167,6 +167,9 @@ void SpaceMap::change(Chunk& c, uint64_t /*k*/, uint32_t i, uint32_t new_count) 
     c.nr_free++;
     if (c.committed[i]) {
       pending_free_++;
+    } else {
+      // Never committed: reusable at once, so the allocator must look here again.
+      c.scan_hint = std::min(c.scan_hint, i);
     }
   }
   c.counts[i] = new_count;

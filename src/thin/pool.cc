@@ -287,9 +287,9 @@ PoolInfo Pool::info() {
   i.low_water_percent = cat_.settings.low_water_percent;
   i.volumes = cat_.volumes.size();
   i.data_file_allocated_bytes = data_->allocated_bytes();
-  if (failed_) {
-    i.state = PoolState::kReadOnly;
-  } else if (i.unreserved_blocks == 0 || md_->nr_free_metadata_blocks() < kMetadataSlice) {
+  if (failed_ || md_->nr_free_metadata_blocks() < kMetadataSlice) {
+    i.state = PoolState::kReadOnly;  // a failed commit, or metadata space exhausted
+  } else if (i.unreserved_blocks == 0) {
     i.state = PoolState::kFull;
   } else if (i.unreserved_blocks * 100 < uint64_t{i.low_water_percent} * i.nr_blocks) {
     i.state = PoolState::kLow;

@@ -172,6 +172,10 @@ class Pool {
   Result<void> merge(const std::string& snapshot, bool take_size = false);
   // The volume takes a shared copy of the snapshot's content; the snapshot stays.
   Result<void> rollback(const std::string& name, const std::string& snapshot);
+  // Low-water mark: the state turns `low` when unreserved space falls below percent of the
+  // pool; each crossing is counted in info() and runs hook (sh -c, THINPOOL_EVENT=low,
+  // THINPOOL_POOL=DIR) without waiting for it. Persisted in the catalog.
+  Result<void> set_low_water(uint32_t percent, const std::string& hook);
   // NBD WRITE_ZEROES with NO_HOLE: the range reads as zeros and is provisioned.
   Result<void> provision_zero(uint64_t dev, uint64_t off, uint64_t len);
 

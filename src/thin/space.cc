@@ -216,6 +216,17 @@ Result<void> Pool::provision_locked(const std::string& name, uint64_t vb_begin, 
 
 // ---------------------------------------------------------------- public operations
 
+Result<void> Pool::set_low_water(uint32_t percent, const std::string& hook) {
+  if (percent > 100) return make_error(Errc::kInvalidArgument, "low-water mark is a percentage");
+  std::unique_lock lk(mu_);
+  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  cat_.settings.low_water_percent = percent;
+  cat_.settings.low_water_hook = hook;
+  dirty_ = true;
+  note_space_locked();
+  return commit_locked();
+}
+
 Result<void> Pool::provision(const std::string& name, uint64_t off, uint64_t len,
                              ProvisionClass cls) {
   std::unique_lock lk(mu_);

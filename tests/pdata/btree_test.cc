@@ -164,3 +164,32 @@ TEST_F(BtreeTest, ReferenceCountsAboveTwoUseTheOverflowTree) {
 
 }  // namespace
 }  // namespace tp::pdata
+
+namespace tp::pdata {
+namespace {
+
+TEST(SpaceMapReuse, BlockFreedInTheSameTransactionIsReusedAtOnce) {
+  auto dev = io::make_mem_device(8 << 20);
+  auto md = std::move(*ThinMetadata::format(*dev, 128, 100));
+  ASSERT_TRUE(md->create_thin(1).ok());
+  ASSERT_TRUE(md->commit().ok());
+  for (uint64_t vb = 0; vb < 100; vb++) ASSERT_TRUE(md->insert(1, vb, *md->alloc_data_block()).ok());
+  EXPECT_EQ(md->alloc_data_block().error().code, Errc::kNoSpace);
+  // Never committed: free for reuse without a commit.
+  for (uint64_t vb = 0; vb < 40; vb++) ASSERT_TRUE(md->remove(1, vb).ok());
+  for (uint64_t vb = 0; vb < 40; vb++) {
+    auto b = md->alloc_data_block();
+    ASSERT_TRUE(b.ok()) << vb;
+    ASSERT_TRUE(md->insert(1, vb, *b).ok());
+  }
+  ASSERT_TRUE(md->commit().ok());
+  // Committed blocks freed now wait for the next commit.
+  for (uint64_t vb = 0; vb < 10; vb++) ASSERT_TRUE(md->remove(1, vb).ok());
+  EXPECT_EQ(md->alloc_data_block().error().code, Errc::kNoSpace);
+  EXPECT_EQ(md->data_sm().nr_pending_free(), 10u);
+  ASSERT_TRUE(md->commit().ok());
+  EXPECT_TRUE(md->alloc_data_block().ok());
+}
+
+}  // namespace
+}  // namespace tp::pdata

@@ -2,6 +2,8 @@
 // budget, merge, rollback, and the pool states. Every test ends with check + thin_check.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <random>
 
 #include "support/test_util.h"
@@ -284,6 +286,36 @@ TEST_F(SpaceTest, WriteZeroesWithNoHoleProvisions) {
   EXPECT_EQ(got.substr(100, 3 * kB), std::string(3 * kB, '\0'));
   EXPECT_NE(got.substr(0, 100), std::string(100, '\0'));
   EXPECT_EQ(pool_->volume("a")->guaranteed_blocks, 4u);
+}
+
+TEST_F(SpaceTest, LowWaterMarkReportedOncePerCrossing) {
+  std::string marker = tmp_.file("events");
+  ASSERT_TRUE(pool_->set_low_water(25, "echo \"$THINPOOL_EVENT\" >> " + marker).ok());
+  ASSERT_TRUE(pool_->create_volume("a", 64ull << 20).ok());
+  std::string blk = pattern(kB, 50);
+  // 1024 blocks, mark at 256 unreserved: cross it, stay below, come back, cross again.
+  for (uint64_t b = 0; b < 800; b++) ASSERT_TRUE(pool_->write(dev("a"), b * kB, bytes(blk)).ok());
+  EXPECT_EQ(pool_->info().state, PoolState::kLow);
+  EXPECT_EQ(pool_->info().low_water_crossings, 1u);
+  ASSERT_TRUE(pool_->trim(dev("a"), 0, 400 * kB).ok());
+  EXPECT_EQ(pool_->info().state, PoolState::kOk);
+  for (uint64_t b = 0; b < 400; b++) {
+    auto w = pool_->write(dev("a"), b * kB, bytes(blk));
+    ASSERT_TRUE(w.ok()) << b << ": " << w.error().to_string() << " unreserved "
+                        << pool_->info().unreserved_blocks;
+  }
+  EXPECT_EQ(pool_->info().low_water_crossings, 2u);
+  // The hook ran for each crossing (it runs asynchronously: wait a little).
+  std::string events;
+  for (int i = 0; i < 100 && events != "low\nlow\n"; i++) {
+    ::usleep(20000);
+    try {
+      events = testing::read_file(marker);
+    } catch (...) {
+    }
+  }
+  EXPECT_EQ(events, "low\nlow\n");
+  EXPECT_EQ(pool_->set_low_water(101, "").error().code, Errc::kInvalidArgument);
 }
 
 }  // namespace

@@ -73,6 +73,12 @@ class UpdateTest : public ::testing::Test {
     EXPECT_FALSE(pool_->dev_id("base.next").ok()) << "base.next must be removed";
     EXPECT_EQ(content("base"), v1_);
   }
+  // The metadata as the independent tool sees it (committed state).
+  std::string dump() {
+    auto r = testing::run_cmd({"thin_dump", dir_ + "/metadata"});
+    EXPECT_EQ(r.rc, 0) << r.err;
+    return r.out;
+  }
 
   TempDir tmp_;
   std::string dir_;
@@ -135,23 +141,29 @@ TEST_F(UpdateTest, CorruptDeltaIsRefusedUpFront) {
   std::string raw = testing::read_file(d);
   raw[raw.size() / 2] ^= 1;
   testing::write_file(d, raw);
+  std::string before = dump();
   expect_failed_cleanly(apply_update(*pool_, "base", d, false));
+  EXPECT_EQ(dump(), before);
 }
 
 TEST_F(UpdateTest, TruncatedDeltaIsRefused) {
   std::string d = make_delta("v1.img", "v2.img", "v2.delta");
   std::string raw = testing::read_file(d);
+  std::string before = dump();
   for (size_t keep : {size_t{0}, size_t{10}, size_t{200}, raw.size() / 2, raw.size() - 1}) {
     testing::write_file(d, raw.substr(0, keep));
     expect_failed_cleanly(apply_update(*pool_, "base", d, false));
   }
+  EXPECT_EQ(dump(), before);
 }
 
 TEST_F(UpdateTest, WrongBaseIsRefused) {
   testing::write_file(tmp_.file("other.img"), random_image(v1_.size(), 77));
   std::string d = make_delta("other.img", "v2.img", "x.delta");
+  std::string before = dump();
   auto r = apply_update(*pool_, "base", d, false);
   expect_failed_cleanly(r);
+  EXPECT_EQ(dump(), before);
   EXPECT_NE(r.error().to_string().find("base"), std::string::npos);
 }
 
