@@ -346,7 +346,7 @@ Result<void> Pool::create_volume(const std::string& name, uint64_t size_bytes, b
   }
   TP_TRY(validate_size(size_bytes));
   std::lock_guard lk(mu_);
-  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_TRY(live_locked());
   if (cat_.find(name)) return make_error(Errc::kExists, "volume already exists");
   uint64_t dev = cat_.next_dev_id;
   if (dev > pdata::kMaxDevId) return make_error(Errc::kNoSpace, "no thin device ids left");
@@ -379,7 +379,7 @@ Result<void> Pool::snapshot(const std::string& origin, const std::string& name, 
     return make_error(Errc::kInvalidArgument, "invalid volume name");
   }
   std::unique_lock lk(mu_);
-  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_TRY(live_locked());
   TP_ASSIGN_OR_RETURN(auto* o, record_locked(origin));
   if (cat_.find(name)) return make_error(Errc::kExists, "volume already exists");
   uint64_t dev = cat_.next_dev_id;
@@ -409,9 +409,7 @@ Result<void> Pool::snapshot(const std::string& origin, const std::string& name, 
   rec.reserve_blocks = reserve_blocks;
   reserved_ += reserve_blocks;
   cat_.volumes[name] = rec;
-  dirty_ = true;
-  note_space_locked();
-  return commit_locked();
+  return commit_change_locked();
 }
 
 Result<void> Pool::remove_locked(const std::string& name) {
@@ -426,7 +424,7 @@ Result<void> Pool::remove_locked(const std::string& name) {
 
 Result<void> Pool::remove(const std::string& name, bool recursive) {
   std::unique_lock lk(mu_);
-  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_TRY(live_locked());
   TP_TRY(record_locked(name));
   // Descendants, deepest first.
   std::vector<std::string> order;
@@ -454,7 +452,7 @@ Result<void> Pool::remove(const std::string& name, bool recursive) {
 Result<void> Pool::resize(const std::string& name, uint64_t size_bytes) {
   TP_TRY(validate_size(size_bytes));
   std::unique_lock lk(mu_);
-  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_TRY(live_locked());
   TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
   uint64_t dev = rec->dev_id;
   uint64_t old = rec->size_bytes;
@@ -503,7 +501,7 @@ Result<void> Pool::resize(const std::string& name, uint64_t size_bytes) {
 
 Result<void> Pool::extend(uint64_t data_bytes) {
   std::unique_lock lk(mu_);
-  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_TRY(live_locked());
   uint64_t nr = data_bytes / block_bytes_;
   if (nr <= md_->nr_data_blocks()) {
     return make_error(Errc::kInvalidArgument, "new pool size must be larger than the current one");
@@ -521,7 +519,7 @@ Result<void> Pool::extend(uint64_t data_bytes) {
 // ---------------------------------------------------------------- I/O path
 
 Result<void> Pool::check_writable_locked(uint64_t dev) {
-  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_TRY(live_locked());
   TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
   if (rec->read_only) return make_error(Errc::kReadOnly, "volume is a read-only snapshot");
   return {};

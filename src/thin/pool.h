@@ -205,6 +205,17 @@ class Pool {
   Pool() = default;
   struct InFlight;
   Result<void> commit_locked();
+  // kReadOnly once a commit failed (the pool must be reopened).
+  Result<void> live_locked() const {
+    if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+    return {};
+  }
+  // Marks the transaction changed, reports space events and commits.
+  Result<void> commit_change_locked() {
+    dirty_ = true;
+    note_space_locked();
+    return commit_locked();
+  }
   Result<void> abort_locked(const Error& e);
   // What allocation returns when only blocks freed in this transaction are left.
   static constexpr const char* kWaitCommit = "free blocks wait for a commit";

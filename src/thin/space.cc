@@ -219,18 +219,16 @@ Result<void> Pool::provision_locked(const std::string& name, uint64_t vb_begin, 
 Result<void> Pool::set_low_water(uint32_t percent, const std::string& hook) {
   if (percent > 100) return make_error(Errc::kInvalidArgument, "low-water mark is a percentage");
   std::unique_lock lk(mu_);
-  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_TRY(live_locked());
   cat_.settings.low_water_percent = percent;
   cat_.settings.low_water_hook = hook;
-  dirty_ = true;
-  note_space_locked();
-  return commit_locked();
+  return commit_change_locked();
 }
 
 Result<void> Pool::provision(const std::string& name, uint64_t off, uint64_t len,
                              ProvisionClass cls) {
   std::unique_lock lk(mu_);
-  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_TRY(live_locked());
   TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
   if (len == 0 || off > rec->size_bytes || len > rec->size_bytes - off) {
     return make_error(Errc::kInvalidArgument, "range is empty or beyond the end of the volume");
@@ -285,26 +283,26 @@ Result<void> Pool::provision_zero(uint64_t dev, uint64_t off, uint64_t len) {
 
 Result<void> Pool::unprovision(const std::string& name, uint64_t off, uint64_t len) {
   std::unique_lock lk(mu_);
-  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_TRY(live_locked());
   TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
   if (len == 0 || off > rec->size_bytes || len > rec->size_bytes - off) {
     return make_error(Errc::kInvalidArgument, "range is empty or beyond the end of the volume");
   }
   const uint64_t B = block_bytes_;
-  uint64_t vb_begin = off / B, vb_end = (off + len + B - 1) / B;
+  // Inward rounding: a block only partly in the range keeps its guarantee.
+  uint64_t vb_begin = (off + B - 1) / B, vb_end = (off + len) / B;
   if (off + len == rec->size_bytes) vb_end = ~uint64_t{0};
+  if (vb_begin >= vb_end) return {};
   VolumeRecord* w = cat_.find(name);
   w->guarantee = catalog::remove_range(w->guarantee, vb_begin, vb_end);
   TP_ASSIGN_OR_RETURN(uint64_t g, compute_g_locked(*w));
   set_g_locked(w->dev_id, g);
-  dirty_ = true;
-  note_space_locked();
-  return commit_locked();
+  return commit_change_locked();
 }
 
 Result<void> Pool::reserve(const std::string& name, uint64_t bytes) {
   std::unique_lock lk(mu_);
-  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_TRY(live_locked());
   TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
   uint64_t want = (bytes + block_bytes_ - 1) / block_bytes_;
   if (want > rec->reserve_blocks && want - rec->reserve_blocks > unreserved_locked()) {
@@ -312,14 +310,12 @@ Result<void> Pool::reserve(const std::string& name, uint64_t bytes) {
   }
   reserved_ = reserved_ - rec->reserve_blocks + want;
   cat_.find(name)->reserve_blocks = want;
-  dirty_ = true;
-  note_space_locked();
-  return commit_locked();
+  return commit_change_locked();
 }
 
 Result<void> Pool::merge(const std::string& snapshot, bool take_size) {
   std::unique_lock lk(mu_);
-  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_TRY(live_locked());
   TP_ASSIGN_OR_RETURN(auto* snap, record_locked(snapshot));
   if (snap->origin.empty()) {
     return make_error(Errc::kInvalidArgument, "volume is not a snapshot: nothing to merge into");
@@ -374,7 +370,7 @@ Result<void> Pool::merge(const std::string& snapshot, bool take_size) {
 
 Result<void> Pool::rollback(const std::string& name, const std::string& snapshot) {
   std::unique_lock lk(mu_);
-  if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+  TP_TRY(live_locked());
   TP_ASSIGN_OR_RETURN(auto* vol, record_locked(name));
   TP_ASSIGN_OR_RETURN(auto* snap, record_locked(snapshot));
   if (vol == snap) return make_error(Errc::kInvalidArgument, "cannot roll a volume back to itself");

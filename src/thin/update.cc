@@ -350,8 +350,25 @@ Result<DiffStats> write_delta(const std::string& out_path, const ImageSource& ol
   return st;
 }
 
+namespace {
+Result<UpdateResult> apply_update_inner(Pool& pool, const std::string& name,
+                                        const std::string& delta, bool stage);
+}  // namespace
+
 Result<UpdateResult> apply_update(Pool& pool, const std::string& name, const std::string& delta,
                                   bool stage) {
+  auto r = apply_update_inner(pool, name, delta, stage);
+  if (!r.ok() && r.error().code != Errc::kNotFound) {
+    // Whatever failed, NAME.next does not survive (SEMANTICS.md): remove it if it is
+    // there, whether this run made it or it was prepared ahead of time.
+    if (pool.volume(name + ".next").ok()) (void)pool.remove(name + ".next", false);
+  }
+  return r;
+}
+
+namespace {
+Result<UpdateResult> apply_update_inner(Pool& pool, const std::string& name,
+                                        const std::string& delta, bool stage) {
   UpdateResult out;
   TP_ASSIGN_OR_RETURN(DeltaFile df, read_delta(delta));
   const DeltaHeader& h = df.header;
@@ -442,5 +459,6 @@ Result<UpdateResult> apply_update(Pool& pool, const std::string& name, const std
   if (auto r = pool.merge(next, true); !r.ok()) return fail(r.error());
   return out;
 }
+}  // namespace
 
 }  // namespace tp::thin

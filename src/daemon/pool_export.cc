@@ -1,0 +1,124 @@
+#include "daemon/pool_export.h"
+
+#include <algorithm>
+
+#include "nbd/protocol.h"
+
+namespace tp::daemon {
+
+// ------------------------------------------------------------------ PoolCatalog
+
+PoolCatalog::PoolCatalog(thin::Pool& pool, GroupCommit& commit, std::vector<std::string> exports,
+                         std::string default_export)
+    : pool_(pool), commit_(commit), exports_(std::move(exports)),
+      default_(std::move(default_export)) {}
+
+bool PoolCatalog::exported(const std::string& name) const {
+  return exports_.empty() || std::find(exports_.begin(), exports_.end(), name) != exports_.end();
+}
+
+std::vector<nbd::ExportEntry> PoolCatalog::list() {
+  std::vector<nbd::ExportEntry> out;
+  for (const thin::VolumeInfo& v : pool_.list()) {
+    if (!exported(v.name)) continue;
+    std::string d = "thinpool volume";
+    if (!v.origin.empty()) d = "thinpool snapshot of " + v.origin;
+    if (v.read_only) d += " (read-only)";
+    out.push_back({v.name, std::move(d)});
+  }
+  return out;
+}
+
+std::string PoolCatalog::default_export() {
+  if (!default_.empty()) return default_;
+  std::vector<nbd::ExportEntry> all = list();
+  return all.size() == 1 ? all[0].name : "";
+}
+
+Result<std::unique_ptr<nbd::BlockTarget>> PoolCatalog::open(const std::string& name) {
+  if (!exported(name)) return make_error(Errc::kNotFound, "not exported");
+  TP_ASSIGN_OR_RETURN(thin::VolumeInfo v, pool_.volume(name));
+  return std::unique_ptr<nbd::BlockTarget>(std::make_unique<PoolTarget>(pool_, commit_, v));
+}
+
+// ------------------------------------------------------------------ PoolTarget
+
+PoolTarget::PoolTarget(thin::Pool& pool, GroupCommit& commit, const thin::VolumeInfo& v)
+    : pool_(pool), commit_(commit), name_(v.name), dev_(v.dev_id), size_(v.size_bytes),
+      read_only_(v.read_only) {}
+
+Result<void> PoolTarget::wrote(Result<void> r) {
+  if (r.ok()) commit_.note_write();
+  return r;
+}
+
+Result<void> PoolTarget::read(uint64_t off, std::span<std::byte> buf) {
+  return pool_.read(dev_, off, buf);
+}
+
+Result<void> PoolTarget::write(uint64_t off, std::span<const std::byte> buf, bool fua) {
+  TP_TRY(wrote(pool_.write(dev_, off, buf)));
+  if (fua) return commit_.flush();
+  return {};
+}
+
+Result<void> PoolTarget::flush() { return commit_.flush(); }
+
+Result<void> PoolTarget::trim(uint64_t off, uint64_t len) {
+  return wrote(pool_.trim(dev_, off, len));
+}
+
+Result<void> PoolTarget::zero(uint64_t off, uint64_t len, bool no_hole) {
+  if (no_hole) return wrote(pool_.provision_zero(dev_, off, len));
+  return wrote(pool_.write_zeroes(dev_, off, len));
+}
+
+Result<std::vector<nbd::StatusExtent>> PoolTarget::block_status(uint64_t off, uint64_t len) {
+  TP_ASSIGN_OR_RETURN(std::vector<thin::Extent> ext, pool_.extents(dev_, off, len));
+  std::vector<nbd::StatusExtent> out;
+  out.reserve(ext.size());
+  for (const thin::Extent& e : ext) {
+    // An unmapped block reads as zeros (SEMANTICS.md "No stale data").
+    out.push_back({e.length, e.mapped ? 0u : nbd::kStateHole | nbd::kStateZero});
+  }
+  return out;
+}
+
+std::vector<std::string> PoolTarget::delta_bases() {
+  std::vector<std::string> out;
+  for (const thin::VolumeInfo& v : pool_.list()) {
+    if (v.name != name_) out.push_back(v.name);
+  }
+  return out;
+}
+
+Result<std::vector<nbd::StatusExtent>> PoolTarget::delta_status(const std::string& base,
+                                                                uint64_t off, uint64_t len) {
+  TP_ASSIGN_OR_RETURN(std::vector<thin::DeltaRange> d, pool_.delta(base, name_));
+  std::sort(d.begin(), d.end(), [](const auto& a, const auto& b) { return a.offset < b.offset; });
+  std::vector<nbd::StatusExtent> out;
+  const uint64_t end = off + len;
+  uint64_t pos = off;
+  auto add = [&](uint64_t a, uint64_t b, uint32_t flags) {
+    if (a >= b) return;
+    if (!out.empty() && out.back().flags == flags) {
+      out.back().length += b - a;
+    } else {
+      out.push_back({b - a, flags});
+    }
+  };
+  for (const thin::DeltaRange& r : d) {
+    uint64_t a = std::max(r.offset, pos), b = std::min(r.offset + r.length, end);
+    if (a >= b) {
+      if (r.offset >= end) break;
+      continue;
+    }
+    add(pos, a, 0);
+    add(a, b, nbd::kStateChanged);
+    pos = b;
+  }
+  add(pos, end, 0);
+  return out;
+}
+
+}  // namespace tp::daemon

@@ -1,0 +1,35 @@
+#pragma once
+// `thinpool serve`: one process owns a pool and serves its volumes over NBD until SIGINT or
+// SIGTERM (docs/CLI.md "serve"). The CLI parses arguments into ServeOptions and calls
+// serve(); everything else (opening the pool, the exports, the server, group commit, the
+// final commit) happens here.
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace tp::daemon {
+
+struct ServeOptions {
+  std::string pool_dir;
+  std::string socket_path;           // "" means pool_dir + "/nbd.sock"
+  std::string listen;                // "" for none, else "127.0.0.1:PORT" (TCP as well)
+  std::vector<std::string> exports;  // volume names to serve; empty: every volume, live
+  std::string default_export;        // what the empty export name opens; "" means the only
+                                     // export when there is exactly one
+  bool debug = false;                // log every connection and refused request
+  // Writes are committed at most this often when no client flushes (DESIGN.md durability:
+  // "metadata commits on flush, and at most every second otherwise").
+  std::chrono::milliseconds commit_interval{1000};
+};
+
+// Serves until SIGINT/SIGTERM, then stops accepting, finishes requests in flight, commits
+// and closes the pool. When ready it prints one line to stderr:
+//   serving N exports on SOCKET
+// Returns the exit status (docs/CLI.md): 0 after a clean stop; 1 when the pool is busy, the
+// socket is taken, a named export does not exist, or the final commit fails; 2 for a bad
+// option (listen address); 3 when the pool is damaged or not a pool.
+// Installs SIGINT/SIGTERM handlers for its duration (restored before it returns).
+int serve(const ServeOptions& opts);
+
+}  // namespace tp::daemon

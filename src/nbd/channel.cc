@@ -1,0 +1,103 @@
+#include "nbd/channel.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+namespace tp::nbd {
+
+bool is_peer_closed(const Error& e) { return e.what == kPeerClosed; }
+
+Channel::Channel(int fd) : fd_(fd) {}
+
+Channel::~Channel() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Result<void> Channel::read_exact(std::span<std::byte> buf, Clock::time_point deadline) {
+  size_t done = 0;
+  while (done < buf.size()) {
+    if (deadline != kNoDeadline) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) return Error{Errc::kIo, ETIMEDOUT, kNoAddr, kTimedOut};
+      pollfd p{fd_, POLLIN, 0};
+      int r = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 1 << 30)));
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        return sys_error("poll");
+      }
+      if (r == 0) continue;  // re-check the deadline
+    }
+    ssize_t n = ::recv(fd_, buf.data() + done, buf.size() - done, 0);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+    } else if (n == 0) {
+      return Error{Errc::kIo, 0, done, kPeerClosed};
+    } else if (errno == EINTR) {
+      continue;
+    } else if (errno == ECONNRESET || errno == EPIPE || errno == ENOTCONN) {
+      return Error{Errc::kIo, errno, done, kPeerClosed};
+    } else {
+      return sys_error("recv");
+    }
+  }
+  return {};
+}
+
+Result<void> Channel::skip(uint64_t n, Clock::time_point deadline) {
+  std::byte scratch[64 * 1024];
+  while (n > 0) {
+    size_t chunk = static_cast<size_t>(std::min<uint64_t>(n, sizeof scratch));
+    TP_TRY(read_exact(std::span(scratch, chunk), deadline));
+    n -= chunk;
+  }
+  return {};
+}
+
+Result<void> Channel::write_all(std::span<const std::span<const std::byte>> pieces) {
+  std::vector<iovec> iov;
+  iov.reserve(pieces.size());
+  for (auto p : pieces) {
+    if (!p.empty()) iov.push_back({const_cast<std::byte*>(p.data()), p.size()});
+  }
+  size_t i = 0;
+  while (i < iov.size()) {
+    msghdr m{};
+    m.msg_iov = iov.data() + i;
+    m.msg_iovlen = std::min<size_t>(iov.size() - i, 1024);  // IOV_MAX
+    ssize_t n = ::sendmsg(fd_, &m, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        return Error{Errc::kIo, ETIMEDOUT, kNoAddr, "timed out sending to the client"};
+      }
+      if (errno == EPIPE || errno == ECONNRESET) return Error{Errc::kIo, errno, kNoAddr, kPeerClosed};
+      return sys_error("sendmsg");
+    }
+    auto left = static_cast<size_t>(n);
+    while (i < iov.size() && left >= iov[i].iov_len) left -= iov[i++].iov_len;
+    if (left > 0) {
+      iov[i].iov_base = static_cast<char*>(iov[i].iov_base) + left;
+      iov[i].iov_len -= left;
+    }
+  }
+  return {};
+}
+
+void Channel::set_send_timeout(std::chrono::milliseconds t) {
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(t.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((t.count() % 1000) * 1000);
+  (void)::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+void Channel::shutdown_read() { (void)::shutdown(fd_, SHUT_RD); }
+void Channel::shutdown_both() { (void)::shutdown(fd_, SHUT_RDWR); }
+
+}  // namespace tp::nbd
