@@ -16,7 +16,7 @@ namespace tp::thin {
 namespace {
 
 constexpr uint64_t kB = 64 * 1024;
-constexpr uint64_t kPoolBlocks = 256;
+constexpr uint64_t kPoolBlocks = 160;
 
 std::span<const std::byte> bytes_of(const std::string& s, size_t n) {
   return {reinterpret_cast<const std::byte*>(s.data()), n};
