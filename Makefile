@@ -29,7 +29,7 @@ test: build $(ASAN_BUILD)/build.ninja
 	cd $(BUILD) && ctest $(CTEST_FLAGS) -j $(JOBS)
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && TP_QUICK=1 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  ctest $(CTEST_FLAGS) -j $(JOBS) -LE slow
+	  ctest $(CTEST_FLAGS) -j $(JOBS) -LE e2e
 
 # Long suites: every crash point, long fuzzing and soak runs.
 check-long: build
