@@ -39,6 +39,7 @@ int run(int argc, const char* const* argv, Console& con) {
   add_pool_commands(commands);
   add_volume_commands(commands);
   add_io_commands(commands);
+  add_serve_commands(commands);
   std::stable_sort(commands.begin(), commands.end(), [](const auto& a, const auto& b) {
     return help_rank(a->name()) < help_rank(b->name());
   });

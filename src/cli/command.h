@@ -8,7 +8,7 @@
 //   cmd_volume.cc  list create snapshot remove resize delta provision unprovision reserve
 //                  merge rollback
 //   cmd_io.cc      write read diff update
-//   (later) cmd_serve.cc  serve
+//   cmd_serve.cc   serve
 
 #include <memory>
 #include <vector>
@@ -43,5 +43,6 @@ void add_pool_commands(CommandList& list);  // init info extend check
 // list create snapshot remove resize delta provision unprovision reserve merge rollback
 void add_volume_commands(CommandList& list);
 void add_io_commands(CommandList& list);  // write read diff update
+void add_serve_commands(CommandList& list);  // serve
 
 }  // namespace tp::cli

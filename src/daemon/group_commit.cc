@@ -4,7 +4,9 @@ namespace tp::daemon {
 
 GroupCommit::GroupCommit(std::function<Result<void>()> commit) : commit_(std::move(commit)) {}
 
-GroupCommit::~GroupCommit() { stop_background(); }
+GroupCommit::~GroupCommit() {
+  stop_background();
+}
 
 Result<void> GroupCommit::flush() {
   std::unique_lock lk(mu_);

@@ -43,11 +43,11 @@ class GroupCommit {
   std::function<Result<void>()> commit_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  bool running_ = false;    // a commit is in progress
-  uint64_t started_ = 0;    // sequence number of the last commit started
-  uint64_t completed_ = 0;  // ... and of the last one finished
+  bool running_ = false;             // a commit is in progress
+  uint64_t started_ = 0;             // sequence number of the last commit started
+  uint64_t completed_ = 0;           // ... and of the last one finished
   std::optional<Error> last_error_;  // result of commit `completed_`
-  bool dirty_ = false;      // writes since the last commit started
+  bool dirty_ = false;               // writes since the last commit started
 
   std::thread bg_;
   bool bg_stop_ = false;

@@ -10,7 +10,9 @@ namespace tp::daemon {
 
 PoolCatalog::PoolCatalog(thin::Pool& pool, GroupCommit& commit, std::vector<std::string> exports,
                          std::string default_export)
-    : pool_(pool), commit_(commit), exports_(std::move(exports)),
+    : pool_(pool),
+      commit_(commit),
+      exports_(std::move(exports)),
       default_(std::move(default_export)) {}
 
 bool PoolCatalog::exported(const std::string& name) const {
@@ -44,7 +46,11 @@ Result<std::unique_ptr<nbd::BlockTarget>> PoolCatalog::open(const std::string& n
 // ------------------------------------------------------------------ PoolTarget
 
 PoolTarget::PoolTarget(thin::Pool& pool, GroupCommit& commit, const thin::VolumeInfo& v)
-    : pool_(pool), commit_(commit), name_(v.name), dev_(v.dev_id), size_(v.size_bytes),
+    : pool_(pool),
+      commit_(commit),
+      name_(v.name),
+      dev_(v.dev_id),
+      size_(v.size_bytes),
       read_only_(v.read_only) {}
 
 Result<void> PoolTarget::wrote(Result<void> r) {
@@ -62,7 +68,9 @@ Result<void> PoolTarget::write(uint64_t off, std::span<const std::byte> buf, boo
   return {};
 }
 
-Result<void> PoolTarget::flush() { return commit_.flush(); }
+Result<void> PoolTarget::flush() {
+  return commit_.flush();
+}
 
 Result<void> PoolTarget::trim(uint64_t off, uint64_t len) {
   return wrote(pool_.trim(dev_, off, len));

@@ -77,14 +77,17 @@ class StopSignals {
  private:
   int fds_[2] = {-1, -1};
   bool installed_ = false;
-  struct sigaction old_int_ {}, old_term_ {}, old_pipe_ {};
+  struct sigaction old_int_ {
+  }, old_term_{}, old_pipe_{};
 };
 
 int exit_code_for_open(const Error& e) {
   switch (e.code) {
     case Errc::kCorruption:
-    case Errc::kNotFound: return 3;  // damaged, or not a pool
-    default: return 1;
+    case Errc::kNotFound:
+      return 3;  // damaged, or not a pool
+    default:
+      return 1;
   }
 }
 
@@ -114,9 +117,8 @@ int serve_impl(const ServeOptions& opts) {
     }
   }
   if (!opts.default_export.empty()) {
-    bool listed = opts.exports.empty() ||
-                  std::find(opts.exports.begin(), opts.exports.end(), opts.default_export) !=
-                      opts.exports.end();
+    bool listed = opts.exports.empty() || std::find(opts.exports.begin(), opts.exports.end(),
+                                                    opts.default_export) != opts.exports.end();
     if (!listed || !pool->dev_id(opts.default_export).ok()) {
       log.error("serve: default export {} is not a served volume", opts.default_export);
       (void)pool->close();
@@ -150,7 +152,7 @@ int serve_impl(const ServeOptions& opts) {
 
   signals.wait();
   log.info("serve: stopping");
-  server.stop();            // no new requests; those in flight are answered
+  server.stop();  // no new requests; those in flight are answered
   commit.stop_background();
   int rc = 0;
   if (auto r = pool->close(); !r.ok()) {  // the final commit

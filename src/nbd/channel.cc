@@ -12,7 +12,9 @@
 
 namespace tp::nbd {
 
-bool is_peer_closed(const Error& e) { return e.what == kPeerClosed; }
+bool is_peer_closed(const Error& e) {
+  return e.what == kPeerClosed;
+}
 
 Channel::Channel(int fd) : fd_(fd) {}
 
@@ -77,7 +79,8 @@ Result<void> Channel::write_all(std::span<const std::span<const std::byte>> piec
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         return Error{Errc::kIo, ETIMEDOUT, kNoAddr, "timed out sending to the client"};
       }
-      if (errno == EPIPE || errno == ECONNRESET) return Error{Errc::kIo, errno, kNoAddr, kPeerClosed};
+      if (errno == EPIPE || errno == ECONNRESET)
+        return Error{Errc::kIo, errno, kNoAddr, kPeerClosed};
       return sys_error("sendmsg");
     }
     auto left = static_cast<size_t>(n);
@@ -97,7 +100,11 @@ void Channel::set_send_timeout(std::chrono::milliseconds t) {
   (void)::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
-void Channel::shutdown_read() { (void)::shutdown(fd_, SHUT_RD); }
-void Channel::shutdown_both() { (void)::shutdown(fd_, SHUT_RDWR); }
+void Channel::shutdown_read() {
+  (void)::shutdown(fd_, SHUT_RD);
+}
+void Channel::shutdown_both() {
+  (void)::shutdown(fd_, SHUT_RDWR);
+}
 
 }  // namespace tp::nbd

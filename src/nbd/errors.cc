@@ -12,16 +12,20 @@ uint32_t to_nbd_error(const Error& e) {
   // (proto.md: EDQUOT and EFBIG SHOULD be reported as ENOSPC).
   if (e.sys_errno == ENOSPC || e.sys_errno == EDQUOT || e.sys_errno == EFBIG) return kENoSpc;
   switch (e.code) {
-    case Errc::kNoSpace: return kENoSpc;
-    case Errc::kReadOnly: return kEPerm;
+    case Errc::kNoSpace:
+      return kENoSpc;
+    case Errc::kReadOnly:
+      return kEPerm;
     case Errc::kInvalidArgument:
-    case Errc::kUnsupported: return kEInval;
+    case Errc::kUnsupported:
+      return kEInval;
     case Errc::kOk:  // not an error; never passed here, but never answer "success" for it
     case Errc::kNotFound:
     case Errc::kCorruption:
     case Errc::kIo:
     case Errc::kBusy:
-    case Errc::kExists: return kEIo;
+    case Errc::kExists:
+      return kEIo;
   }
   return kEIo;
 }

@@ -215,7 +215,8 @@ Result<std::optional<Negotiated>> Handshake::info_or_go(uint32_t opt,
 
   // NBD_INFO_EXPORT goes out whether or not it was asked for: qemu does not ask and
   // still requires it (nbdkit's handshake notes the same).
-  TP_TRY(reply(opt, kRepInfo, wire::encode_info_export(t->size(), transmission_flags(*t, structured_))));
+  TP_TRY(reply(opt, kRepInfo,
+               wire::encode_info_export(t->size(), transmission_flags(*t, structured_))));
   std::vector<uint16_t> infos = req->infos;
   std::sort(infos.begin(), infos.end());
   infos.erase(std::unique(infos.begin(), infos.end()), infos.end());

@@ -11,8 +11,8 @@
 namespace tp::nbd {
 
 // --- magics -------------------------------------------------------------------------------
-inline constexpr uint64_t kNbdMagic = 0x4e42444d41474943;       // "NBDMAGIC"
-inline constexpr uint64_t kOptMagic = 0x49484156454F5054;       // "IHAVEOPT"
+inline constexpr uint64_t kNbdMagic = 0x4e42444d41474943;  // "NBDMAGIC"
+inline constexpr uint64_t kOptMagic = 0x49484156454F5054;  // "IHAVEOPT"
 inline constexpr uint64_t kOptReplyMagic = 0x3e889045565a9;
 inline constexpr uint32_t kRequestMagic = 0x25609513;
 inline constexpr uint32_t kSimpleReplyMagic = 0x67446698;

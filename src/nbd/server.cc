@@ -60,7 +60,8 @@ Result<int> listen_unix(const std::string& path) {
 
 Result<int> listen_tcp(const std::string& spec, uint16_t& port_out) {
   size_t colon = spec.rfind(':');
-  if (colon == std::string::npos) return make_error(Errc::kInvalidArgument, "listen address is not ADDR:PORT");
+  if (colon == std::string::npos)
+    return make_error(Errc::kInvalidArgument, "listen address is not ADDR:PORT");
   std::string host = spec.substr(0, colon), port_s = spec.substr(colon + 1);
   if (host == "localhost") host = "127.0.0.1";
   sockaddr_in a{};
@@ -94,7 +95,9 @@ Result<int> listen_tcp(const std::string& spec, uint16_t& port_out) {
 Server::Server(ExportCatalog& catalog, Logger& log, ServerOptions opts)
     : catalog_(catalog), log_(log), opts_(std::move(opts)) {}
 
-Server::~Server() { stop(); }
+Server::~Server() {
+  stop();
+}
 
 Result<void> Server::start() {
   if (::pipe2(wake_, O_CLOEXEC) != 0) return sys_error("pipe");
@@ -168,6 +171,8 @@ void Server::adopt(int fd, const std::string& peer) {
   Conn* c = conns_.back().get();
   c->th = std::thread([this, c] {
     serve(*c);
+    // The client sees the end now; the fd itself is closed when the thread is reaped.
+    c->ch.shutdown_both();
     c->done.store(true);
   });
 }

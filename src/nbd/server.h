@@ -7,7 +7,8 @@
 // its own threads, and a client that stops reading its replies is dropped after
 // SessionOptions::send_timeout.
 //
-// Thread-safety: start/stop/adopt from one controlling thread; stats from any.
+// Thread-safety: start() and stop() from one controlling thread; adopt() and connections()
+// from any thread.
 
 #include <atomic>
 #include <chrono>

@@ -97,9 +97,8 @@ class Session {
 void Session::acquire(uint64_t cost) {
   std::unique_lock lk(mu_);
   budget_cv_.wait(lk, [&] {
-    return inflight_requests_ == 0 ||
-           (inflight_requests_ < opts_.max_inflight_requests &&
-            inflight_bytes_ + cost <= opts_.max_inflight_bytes);
+    return inflight_requests_ == 0 || (inflight_requests_ < opts_.max_inflight_requests &&
+                                       inflight_bytes_ + cost <= opts_.max_inflight_bytes);
   });
   inflight_requests_++;
   inflight_bytes_ += cost;
@@ -122,7 +121,8 @@ void Session::run() {
   for (;;) {
     std::byte hb[kRequestHeaderBytes];
     if (auto r = ch_.read_exact(hb); !r.ok()) {
-      if (!is_peer_closed(r.error())) log_.warn("nbd: {}: read: {}", n_.export_name, r.error().to_string());
+      if (!is_peer_closed(r.error()))
+        log_.warn("nbd: {}: read: {}", n_.export_name, r.error().to_string());
       end_reason = "connection closed without NBD_CMD_DISC";
       break;
     }
@@ -295,8 +295,8 @@ void Session::read(const wire::RequestHeader& h) {
       pieces.push_back(hdrs[i]);
       pieces.push_back(pre[i]);
     } else {
-      hdrs[i] = wire::encode_chunk_header(flags, kReplyTypeOffsetData, h.cookie,
-                                          8 + parts[i].length);
+      hdrs[i] =
+          wire::encode_chunk_header(flags, kReplyTypeOffsetData, h.cookie, 8 + parts[i].length);
       wire::store_be64(pre[i].data(), off);
       pieces.push_back(hdrs[i]);
       pieces.push_back(std::span<const std::byte>(pre[i]).first(8));

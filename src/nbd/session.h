@@ -24,9 +24,9 @@
 namespace tp::nbd {
 
 struct SessionOptions {
-  unsigned workers = 4;                          // request threads per connection
-  uint64_t max_inflight_bytes = 64ull << 20;     // READ/WRITE buffers held at once
-  unsigned max_inflight_requests = 128;          // requests taken but not answered
+  unsigned workers = 4;                           // request threads per connection
+  uint64_t max_inflight_bytes = 64ull << 20;      // READ/WRITE buffers held at once
+  unsigned max_inflight_requests = 128;           // requests taken but not answered
   std::chrono::milliseconds send_timeout{60000};  // a client that stops reading is dropped
 };
 

@@ -6,30 +6,49 @@ namespace tp::nbd {
 
 const char* option_name(uint32_t opt) {
   switch (opt) {
-    case kOptExportName: return "NBD_OPT_EXPORT_NAME";
-    case kOptAbort: return "NBD_OPT_ABORT";
-    case kOptList: return "NBD_OPT_LIST";
-    case kOptStartTls: return "NBD_OPT_STARTTLS";
-    case kOptInfo: return "NBD_OPT_INFO";
-    case kOptGo: return "NBD_OPT_GO";
-    case kOptStructuredReply: return "NBD_OPT_STRUCTURED_REPLY";
-    case kOptListMetaContext: return "NBD_OPT_LIST_META_CONTEXT";
-    case kOptSetMetaContext: return "NBD_OPT_SET_META_CONTEXT";
-    default: return "unknown option";
+    case kOptExportName:
+      return "NBD_OPT_EXPORT_NAME";
+    case kOptAbort:
+      return "NBD_OPT_ABORT";
+    case kOptList:
+      return "NBD_OPT_LIST";
+    case kOptStartTls:
+      return "NBD_OPT_STARTTLS";
+    case kOptInfo:
+      return "NBD_OPT_INFO";
+    case kOptGo:
+      return "NBD_OPT_GO";
+    case kOptStructuredReply:
+      return "NBD_OPT_STRUCTURED_REPLY";
+    case kOptListMetaContext:
+      return "NBD_OPT_LIST_META_CONTEXT";
+    case kOptSetMetaContext:
+      return "NBD_OPT_SET_META_CONTEXT";
+    default:
+      return "unknown option";
   }
 }
 
 const char* command_name(uint16_t cmd) {
   switch (cmd) {
-    case kCmdRead: return "NBD_CMD_READ";
-    case kCmdWrite: return "NBD_CMD_WRITE";
-    case kCmdDisc: return "NBD_CMD_DISC";
-    case kCmdFlush: return "NBD_CMD_FLUSH";
-    case kCmdTrim: return "NBD_CMD_TRIM";
-    case kCmdCache: return "NBD_CMD_CACHE";
-    case kCmdWriteZeroes: return "NBD_CMD_WRITE_ZEROES";
-    case kCmdBlockStatus: return "NBD_CMD_BLOCK_STATUS";
-    default: return "unknown command";
+    case kCmdRead:
+      return "NBD_CMD_READ";
+    case kCmdWrite:
+      return "NBD_CMD_WRITE";
+    case kCmdDisc:
+      return "NBD_CMD_DISC";
+    case kCmdFlush:
+      return "NBD_CMD_FLUSH";
+    case kCmdTrim:
+      return "NBD_CMD_TRIM";
+    case kCmdCache:
+      return "NBD_CMD_CACHE";
+    case kCmdWriteZeroes:
+      return "NBD_CMD_WRITE_ZEROES";
+    case kCmdBlockStatus:
+      return "NBD_CMD_BLOCK_STATUS";
+    default:
+      return "unknown command";
   }
 }
 
@@ -87,7 +106,9 @@ class Reader {
   size_t pos_ = 0;
 };
 
-Error invalid(const char* what) { return make_error(Errc::kInvalidArgument, what); }
+Error invalid(const char* what) {
+  return make_error(Errc::kInvalidArgument, what);
+}
 
 }  // namespace
 
@@ -147,9 +168,9 @@ Verdict check_request(const RequestHeader& h, const ExportState& s) {
 
   const bool fua_ok = s.eflags & kTxSendFua;
   uint16_t allowed = fua_ok ? kCmdFlagFua : 0;
-  bool writes = false;        // modifies the export
-  bool needs_length = true;   // a zero length is invalid
-  bool ranged = true;         // offset/length must lie inside the export
+  bool writes = false;       // modifies the export
+  bool needs_length = true;  // a zero length is invalid
+  bool ranged = true;        // offset/length must lie inside the export
   switch (h.type) {
     case kCmdRead:
       if (s.structured && (s.eflags & kTxSendDf)) allowed |= kCmdFlagDf;

@@ -85,9 +85,9 @@ struct Verdict {
     kDrop,        // cannot stay in step (payload too large to skip): hard disconnect
   };
   Action action = kExecute;
-  uint32_t error = 0;         // NBD error for kReplyError
-  uint32_t payload = 0;       // bytes that follow the header on the wire
-  const char* why = "";       // string literal for the log and the error chunk
+  uint32_t error = 0;    // NBD error for kReplyError
+  uint32_t payload = 0;  // bytes that follow the header on the wire
+  const char* why = "";  // string literal for the log and the error chunk
 };
 
 // Checks flags, length and range against the negotiated state (doc/proto.md "Request
@@ -95,7 +95,8 @@ struct Verdict {
 // suggests for writes: in thinpool ENOSPC always means "the pool is full" (SEMANTICS.md).
 Verdict check_request(const RequestHeader& h, const ExportState& s);
 
-// --- transmission: replies ------------------------------------------------------------------------
+// --- transmission: replies
+// ------------------------------------------------------------------------
 std::array<std::byte, kSimpleReplyBytes> encode_simple_reply(uint32_t error, uint64_t cookie);
 std::array<std::byte, kChunkHeaderBytes> encode_chunk_header(uint16_t flags, uint16_t type,
                                                              uint64_t cookie, uint32_t length);
@@ -114,9 +115,9 @@ std::vector<std::byte> encode_block_status(uint32_t context_id, std::span<const 
 // Client-side decoders (tests, fuzz target). A chunk or simple reply header.
 struct ReplyHeader {
   bool structured = false;
-  uint32_t error = 0;   // simple replies
-  uint16_t flags = 0;   // chunks
-  uint16_t type = 0;    // chunks
+  uint32_t error = 0;  // simple replies
+  uint16_t flags = 0;  // chunks
+  uint16_t type = 0;   // chunks
   uint64_t cookie = 0;
   uint32_t length = 0;  // chunks: payload bytes that follow
 };
