@@ -41,7 +41,9 @@ struct BenchPool {
   }
 };
 
-std::vector<std::byte> io_buf() { return std::vector<std::byte>(kIo, std::byte{0x42}); }
+std::vector<std::byte> io_buf() {
+  return std::vector<std::byte>(kIo, std::byte{0x42});
+}
 
 void BM_EngineWriteFresh(benchmark::State& state) {
   BenchPool b;
@@ -112,8 +114,12 @@ void raw(benchmark::State& state, bool write) {
   ::close(fd);
   state.SetBytesProcessed(state.iterations() * kIo);
 }
-void BM_RawPwrite(benchmark::State& state) { raw(state, true); }
-void BM_RawPread(benchmark::State& state) { raw(state, false); }
+void BM_RawPwrite(benchmark::State& state) {
+  raw(state, true);
+}
+void BM_RawPread(benchmark::State& state) {
+  raw(state, false);
+}
 BENCHMARK(BM_RawPwrite)->Iterations(200000);
 BENCHMARK(BM_RawPread)->Iterations(200000);
 

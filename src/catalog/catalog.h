@@ -46,12 +46,12 @@ struct VolumeRecord {
   std::string name;
   uint64_t dev_id = 0;
   uint64_t size_bytes = 0;
-  bool read_only = false;          // snapshots not created --writable
-  std::string origin;              // name of the origin at snapshot time ("" for none)
-  uint64_t origin_dev_id = 0;      // valid when origin != ""
-  int64_t created_unix = 0;        // seconds since the epoch
+  bool read_only = false;                 // snapshots not created --writable
+  std::string origin;                     // name of the origin at snapshot time ("" for none)
+  uint64_t origin_dev_id = 0;             // valid when origin != ""
+  int64_t created_unix = 0;               // seconds since the epoch
   std::vector<GuaranteeRange> guarantee;  // sorted, non-overlapping, merged when adjacent
-  uint64_t reserve_blocks = 0;     // explicit reservation (reserve / snapshot --reserve)
+  uint64_t reserve_blocks = 0;            // explicit reservation (reserve / snapshot --reserve)
   bool operator==(const VolumeRecord&) const = default;
 };
 
@@ -145,8 +145,8 @@ class CatalogFile {
   Catalog current_;
   uint64_t trans_id_ = 0;
   uint64_t sequence_ = 0;
-  uint64_t end_ = 0;           // file offset after the last valid record
-  uint64_t last_record_ = 0;   // size of the last record
+  uint64_t end_ = 0;          // file offset after the last valid record
+  uint64_t last_record_ = 0;  // size of the last record
 };
 
 }  // namespace tp::catalog

@@ -34,6 +34,8 @@ class ServeCommand final : public Command {
 
 }  // namespace
 
-void add_serve_commands(CommandList& list) { list.push_back(std::make_unique<ServeCommand>()); }
+void add_serve_commands(CommandList& list) {
+  list.push_back(std::make_unique<ServeCommand>());
+}
 
 }  // namespace tp::cli

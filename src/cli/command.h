@@ -42,7 +42,7 @@ using CommandList = std::vector<std::unique_ptr<Command>>;
 void add_pool_commands(CommandList& list);  // init info extend check
 // list create snapshot remove resize delta provision unprovision reserve merge rollback
 void add_volume_commands(CommandList& list);
-void add_io_commands(CommandList& list);  // write read diff update
+void add_io_commands(CommandList& list);     // write read diff update
 void add_serve_commands(CommandList& list);  // serve
 
 }  // namespace tp::cli

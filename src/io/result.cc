@@ -6,16 +6,26 @@ namespace tp {
 
 const char* errc_name(Errc c) {
   switch (c) {
-    case Errc::kOk: return "ok";
-    case Errc::kNotFound: return "not found";
-    case Errc::kCorruption: return "corruption";
-    case Errc::kNoSpace: return "out of space";
-    case Errc::kIo: return "I/O error";
-    case Errc::kInvalidArgument: return "invalid argument";
-    case Errc::kBusy: return "busy";
-    case Errc::kUnsupported: return "unsupported";
-    case Errc::kExists: return "already exists";
-    case Errc::kReadOnly: return "read-only";
+    case Errc::kOk:
+      return "ok";
+    case Errc::kNotFound:
+      return "not found";
+    case Errc::kCorruption:
+      return "corruption";
+    case Errc::kNoSpace:
+      return "out of space";
+    case Errc::kIo:
+      return "I/O error";
+    case Errc::kInvalidArgument:
+      return "invalid argument";
+    case Errc::kBusy:
+      return "busy";
+    case Errc::kUnsupported:
+      return "unsupported";
+    case Errc::kExists:
+      return "already exists";
+    case Errc::kReadOnly:
+      return "read-only";
   }
   return "unknown";
 }

@@ -52,13 +52,12 @@ inline Error sys_error(const char* what, uint64_t where = kNoAddr) {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(const T& v) : v_(v) {}  // NOLINT(google-explicit-constructor)
+  Result(const T& v) : v_(v) {}        // NOLINT(google-explicit-constructor)
   Result(T&& v) : v_(std::move(v)) {}  // NOLINT
-  Result(Error e) : v_(e) {}  // NOLINT
-  template <typename U,
-            typename = std::enable_if_t<std::is_constructible_v<T, U&&> &&
-                                        !std::is_same_v<std::decay_t<U>, Error> &&
-                                        !std::is_same_v<std::decay_t<U>, Result<T>>>>
+  Result(Error e) : v_(e) {}           // NOLINT
+  template <typename U, typename = std::enable_if_t<std::is_constructible_v<T, U&&> &&
+                                                    !std::is_same_v<std::decay_t<U>, Error> &&
+                                                    !std::is_same_v<std::decay_t<U>, Result<T>>>>
   Result(U&& u) : v_(T(std::forward<U>(u))) {}  // NOLINT
 
   bool ok() const { return v_.index() == 0; }
@@ -91,7 +90,9 @@ class [[nodiscard]] Result<void> {
   std::optional<Error> err_;
 };
 
-inline Result<void> ok_result() { return {}; }
+inline Result<void> ok_result() {
+  return {};
+}
 
 }  // namespace tp
 
@@ -99,10 +100,10 @@ inline Result<void> ok_result() { return {}; }
 #define TP_CONCAT(a, b) TP_CONCAT_INNER(a, b)
 
 // Propagates the error of a Result-returning expression.
-#define TP_TRY(expr)                                  \
-  do {                                                \
-    auto&& tp_try_r_ = (expr);                        \
-    if (!tp_try_r_.ok()) return tp_try_r_.error();    \
+#define TP_TRY(expr)                               \
+  do {                                             \
+    auto&& tp_try_r_ = (expr);                     \
+    if (!tp_try_r_.ok()) return tp_try_r_.error(); \
   } while (0)
 
 #define TP_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \

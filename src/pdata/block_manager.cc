@@ -12,7 +12,9 @@ Result<void> check_sb(ConstBlock b, uint64_t nr) {
   return verify_block(b, nr, kSuperblockSalt, "bad checksum in superblock",
                       "bad block number in superblock");
 }
-void prepare_sb(Block b, uint64_t nr) { seal_block(b, nr, kSuperblockSalt); }
+void prepare_sb(Block b, uint64_t nr) {
+  seal_block(b, nr, kSuperblockSalt);
+}
 
 Result<void> check_node(ConstBlock b, uint64_t nr) {
   TP_TRY(verify_block(b, nr, kBtreeNodeSalt, "bad checksum in btree node",
@@ -39,19 +41,25 @@ Result<void> check_node(ConstBlock b, uint64_t nr) {
   }
   return {};
 }
-void prepare_node(Block b, uint64_t nr) { seal_block(b, nr, kBtreeNodeSalt); }
+void prepare_node(Block b, uint64_t nr) {
+  seal_block(b, nr, kBtreeNodeSalt);
+}
 
 Result<void> check_bitmap(ConstBlock b, uint64_t nr) {
   return verify_block(b, nr, kBitmapSalt, "bad checksum in space map bitmap",
                       "bad block number in space map bitmap");
 }
-void prepare_bitmap(Block b, uint64_t nr) { seal_block(b, nr, kBitmapSalt); }
+void prepare_bitmap(Block b, uint64_t nr) {
+  seal_block(b, nr, kBitmapSalt);
+}
 
 Result<void> check_index(ConstBlock b, uint64_t nr) {
   return verify_block(b, nr, kIndexSalt, "bad checksum in metadata space map index",
                       "bad block number in metadata space map index");
 }
-void prepare_index(Block b, uint64_t nr) { seal_block(b, nr, kIndexSalt); }
+void prepare_index(Block b, uint64_t nr) {
+  seal_block(b, nr, kIndexSalt);
+}
 
 }  // namespace
 
@@ -208,8 +216,7 @@ Result<void> BlockManager::flush_dirty(uint64_t except) {
       dirty.push_back(e.get());
     }
   }
-  std::sort(dirty.begin(), dirty.end(),
-            [](auto* a, auto* b) { return a->nr < b->nr; });
+  std::sort(dirty.begin(), dirty.end(), [](auto* a, auto* b) { return a->nr < b->nr; });
   for (auto* e : dirty) {
     TP_TRY(write_back(e));
   }

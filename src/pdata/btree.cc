@@ -105,7 +105,9 @@ Result<WriteRef> shadow_node(TransactionManager& tm, uint64_t b, const ValueType
   return std::move(sh.first);
 }
 
-uint32_t min_entries(const NodeView& n) { return n.max_entries() / 3; }
+uint32_t min_entries(const NodeView& n) {
+  return n.max_entries() / 3;
+}
 
 // Moves entries [from, nr) of src to the end of dst.
 void move_tail(NodeView src, NodeView dst, uint32_t from) {
@@ -161,8 +163,8 @@ Result<uint64_t> Btree::create_empty(TransactionManager& tm, const ValueType& vt
   return w.location();
 }
 
-Result<bool> Btree::lookup(TransactionManager& tm, uint64_t root, uint64_t key,
-                           const ValueType& vt, std::span<std::byte> out) {
+Result<bool> Btree::lookup(TransactionManager& tm, uint64_t root, uint64_t key, const ValueType& vt,
+                           std::span<std::byte> out) {
   return lookup(tm.bm(), root, key, vt, out);
 }
 
@@ -374,8 +376,8 @@ Result<bool> walk_node(TransactionManager& tm, uint64_t b, const ValueType& vt, 
 }
 }  // namespace
 
-Result<void> Btree::walk(TransactionManager& tm, uint64_t root, const ValueType& vt,
-                         uint64_t lo, uint64_t hi, const Visitor& fn) {
+Result<void> Btree::walk(TransactionManager& tm, uint64_t root, const ValueType& vt, uint64_t lo,
+                         uint64_t hi, const Visitor& fn) {
   TP_TRY(walk_node(tm, root, vt, lo, hi, fn, 0));
   return {};
 }

@@ -106,8 +106,8 @@ class Btree {
 
   // Calls fn(key, value) in key order for every key in [lo, hi]; fn returns false to stop.
   using Visitor = std::function<Result<bool>(uint64_t key, const std::byte* value)>;
-  static Result<void> walk(TransactionManager& tm, uint64_t root, const ValueType& vt,
-                           uint64_t lo, uint64_t hi, const Visitor& fn);
+  static Result<void> walk(TransactionManager& tm, uint64_t root, const ValueType& vt, uint64_t lo,
+                           uint64_t hi, const Visitor& fn);
 
   // Drops one reference to the tree rooted at root; nodes whose count reaches zero are
   // freed, and the values of freed leaves are dec'ed. O(size of the unshared part).

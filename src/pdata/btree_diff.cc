@@ -92,7 +92,8 @@ class Differ {
         r = fn_(b.key(j), nullptr, b.value(j));
         j++;
       } else {
-        if (std::memcmp(a.value(i), b.value(j), vs_) != 0) r = fn_(a.key(i), a.value(i), b.value(j));
+        if (std::memcmp(a.value(i), b.value(j), vs_) != 0)
+          r = fn_(a.key(i), a.value(i), b.value(j));
         i++;
         j++;
       }

@@ -24,8 +24,8 @@ class Walker {
   // Counts one reference to the tree at root and, the first time it is seen, walks it.
   // leaf_fn is called once per leaf entry of a first-visited leaf.
   void tree(uint64_t root, uint32_t value_size, bool is_root,
-            const std::function<void(uint64_t, const std::byte*)>& leaf_fn,
-            uint64_t lo_bound = 0, bool have_lo = false) {
+            const std::function<void(uint64_t, const std::byte*)>& leaf_fn, uint64_t lo_bound = 0,
+            bool have_lo = false) {
     meta_counts_[root]++;
     if (!visited_.insert(root).second) return;
     rep_.nodes++;
@@ -45,8 +45,8 @@ class Walker {
     }
     NodeView n(copy.data());
     if (!is_root && n.nr_entries() < n.max_entries() / 3) {
-      damage("btree node " + std::to_string(root) + " has too few entries: " +
-             std::to_string(n.nr_entries()));
+      damage("btree node " + std::to_string(root) +
+             " has too few entries: " + std::to_string(n.nr_entries()));
     }
     if (have_lo && n.nr_entries() > 0 && n.key(0) < lo_bound) {
       damage("btree node " + std::to_string(root) + " first key below its parent key");
@@ -94,18 +94,16 @@ Result<CheckReport> check_metadata(ThinMetadata& md) {
   // Device details.
   std::unordered_map<uint64_t, DeviceDetails> details;
   w.begin_tree();
-  w.tree(sb.device_details_root, kDeviceDetailsSize, true,
-         [&](uint64_t k, const std::byte* v) {
-           details[k] = DeviceDetails{load_le64(v), load_le64(v + 8), load_le32(v + 16),
-                                      load_le32(v + 20)};
-         });
+  w.tree(sb.device_details_root, kDeviceDetailsSize, true, [&](uint64_t k, const std::byte* v) {
+    details[k] =
+        DeviceDetails{load_le64(v), load_le64(v + 8), load_le32(v + 16), load_le32(v + 20)};
+  });
 
   // Mapping tree: top level then each device's tree.
   std::vector<std::pair<uint64_t, uint64_t>> dev_roots;
   w.begin_tree();
-  w.tree(sb.data_mapping_root, 8, true, [&](uint64_t k, const std::byte* v) {
-    dev_roots.emplace_back(k, load_le64(v));
-  });
+  w.tree(sb.data_mapping_root, 8, true,
+         [&](uint64_t k, const std::byte* v) { dev_roots.emplace_back(k, load_le64(v)); });
   uint64_t nr_data = md.nr_data_blocks();
   for (auto [dev, root] : dev_roots) {
     if (!details.count(dev)) {
@@ -153,9 +151,8 @@ Result<CheckReport> check_metadata(ThinMetadata& md) {
       }
     } else {
       w.begin_tree();
-      w.tree(root.bitmap_root, 16, true, [&](uint64_t, const std::byte* v) {
-        bitmaps.push_back(load_le64(v));
-      });
+      w.tree(root.bitmap_root, 16, true,
+             [&](uint64_t, const std::byte* v) { bitmaps.push_back(load_le64(v)); });
     }
     for (uint64_t b : bitmaps) {
       w.ref(b);
@@ -181,8 +178,8 @@ Result<CheckReport> check_metadata(ThinMetadata& md) {
   }
   if (allocated != sb.metadata_sm_root.nr_allocated) {
     rep.warnings.push_back("superblock metadata space map nr_allocated " +
-                           std::to_string(sb.metadata_sm_root.nr_allocated) +
-                           ", bitmaps count " + std::to_string(allocated));
+                           std::to_string(sb.metadata_sm_root.nr_allocated) + ", bitmaps count " +
+                           std::to_string(allocated));
   }
   SpaceMap& dsm = md.data_sm();
   allocated = 0;

@@ -18,8 +18,8 @@ struct CheckReport {
   // Harmless inconsistencies that the next commit rewrites (e.g. a space map's
   // nr_allocated hint in the superblock, which thin_restore 0.9 writes off by one).
   std::vector<std::string> warnings;
-  uint64_t nodes = 0;              // btree nodes visited
-  uint64_t mappings = 0;           // mappings over all devices
+  uint64_t nodes = 0;     // btree nodes visited
+  uint64_t mappings = 0;  // mappings over all devices
   uint64_t data_blocks_in_use = 0;
   bool ok() const { return damage.empty(); }
 };

@@ -21,7 +21,11 @@ inline uint64_t load_le64(const std::byte* p) {
   std::memcpy(&v, p, 8);
   return v;
 }
-inline void store_le32(std::byte* p, uint32_t v) { std::memcpy(p, &v, 4); }
-inline void store_le64(std::byte* p, uint64_t v) { std::memcpy(p, &v, 8); }
+inline void store_le32(std::byte* p, uint32_t v) {
+  std::memcpy(p, &v, 4);
+}
+inline void store_le64(std::byte* p, uint64_t v) {
+  std::memcpy(p, &v, 8);
+}
 
 }  // namespace tp::pdata

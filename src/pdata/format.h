@@ -41,8 +41,8 @@ inline constexpr uint32_t kMaxMetadataBitmaps = 255;
 inline constexpr uint64_t kMaxDevId = (1ull << 24) - 1;
 inline constexpr uint32_t kMaxTime = (1u << 24) - 1;
 inline constexpr uint64_t kMaxDataBlock = (1ull << 40) - 1;
-inline constexpr uint32_t kMinDataBlockSectors = 128;        // 64 KiB
-inline constexpr uint32_t kMaxDataBlockSectors = 2097152;    // 1 GiB
+inline constexpr uint32_t kMinDataBlockSectors = 128;      // 64 KiB
+inline constexpr uint32_t kMaxDataBlockSectors = 2097152;  // 1 GiB
 
 inline constexpr uint32_t kSuperblockSalt = 160774;
 inline constexpr uint32_t kBtreeNodeSalt = 121107;
@@ -96,8 +96,8 @@ inline constexpr size_t kCsum = 0x000, kFlags = 0x004, kBlocknr = 0x008, kUuid =
                         kMetadataSnap = 0x038, kDataSmRoot = 0x040, kMetadataSmRoot = 0x0C0,
                         kDataMappingRoot = 0x140, kDeviceDetailsRoot = 0x148,
                         kDataBlockSize = 0x150, kMetadataBlockSize = 0x154,
-                        kMetadataNrBlocks = 0x158, kCompatFlags = 0x160,
-                        kCompatRoFlags = 0x164, kIncompatFlags = 0x168, kEnd = 0x16C;
+                        kMetadataNrBlocks = 0x158, kCompatFlags = 0x160, kCompatRoFlags = 0x164,
+                        kIncompatFlags = 0x168, kEnd = 0x16C;
 static_assert(kDataSmRoot + kSmRootSize == kMetadataSmRoot);
 static_assert(kMetadataSmRoot + kSmRootSize == kDataMappingRoot);
 static_assert(kEnd == 364);
@@ -158,7 +158,11 @@ inline constexpr size_t kDeviceDetailsSize = 24;
 inline uint64_t pack_block_time(uint64_t data_block, uint32_t time) {
   return (data_block << 24) | (time & kMaxTime);
 }
-inline uint64_t bt_block(uint64_t v) { return v >> 24; }
-inline uint32_t bt_time(uint64_t v) { return static_cast<uint32_t>(v & kMaxTime); }
+inline uint64_t bt_block(uint64_t v) {
+  return v >> 24;
+}
+inline uint32_t bt_time(uint64_t v) {
+  return static_cast<uint32_t>(v & kMaxTime);
+}
 
 }  // namespace tp::pdata

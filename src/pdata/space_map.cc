@@ -77,8 +77,7 @@ Result<std::unique_ptr<SpaceMap>> SpaceMap::open(Kind kind, BlockManager& bm, co
         return make_error(Errc::kCorruption, "data space map index too large", b);
       }
     }
-    std::sort(found.begin(), found.end(),
-              [](auto& a, auto& b) { return a.first < b.first; });
+    std::sort(found.begin(), found.end(), [](auto& a, auto& b) { return a.first < b.first; });
     if (found.size() != n) {
       return make_error(Errc::kCorruption, "data space map index has wrong number of bitmaps",
                         root.bitmap_root);
@@ -256,8 +255,8 @@ Result<uint64_t> SpaceMap::new_block() {
       from = c->scan_hint;  // second pass: the part before the cursor
     }
   }
-  return make_error(Errc::kNoSpace, kind_ == Kind::kData ? "no free data blocks"
-                                                         : "no free metadata blocks");
+  return make_error(Errc::kNoSpace,
+                    kind_ == Kind::kData ? "no free data blocks" : "no free metadata blocks");
 }
 
 Result<void> SpaceMap::extend(uint64_t nr_blocks) {
@@ -327,8 +326,8 @@ Result<void> SpaceMap::flush_chunk(uint64_t k) {
     if (now >= 3) {
       std::array<std::byte, 4> v;
       store_le32(v.data(), now);
-      TP_ASSIGN_OR_RETURN(ref_count_root_, Btree::insert(tm, ref_count_root_, b, v.data(),
-                                                         kCountValue));
+      TP_ASSIGN_OR_RETURN(ref_count_root_,
+                          Btree::insert(tm, ref_count_root_, b, v.data(), kCountValue));
     } else {
       TP_ASSIGN_OR_RETURN(ref_count_root_, Btree::remove(tm, ref_count_root_, b, kCountValue));
     }

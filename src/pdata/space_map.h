@@ -67,13 +67,13 @@ class SpaceMap {
  private:
   struct Chunk {
     bool loaded = false;
-    bool dirty = false;               // changed since the last flush
-    bool touched = false;             // changed since the last commit
-    std::vector<uint32_t> counts;     // current
-    std::vector<uint32_t> flushed;    // as last written to disk structures
-    std::vector<uint8_t> committed;   // 1 = in use at the last commit
-    uint32_t nr_free = 0;             // entries with count 0 (within nr_blocks)
-    uint32_t scan_hint = 0;           // no allocatable entry below this index
+    bool dirty = false;              // changed since the last flush
+    bool touched = false;            // changed since the last commit
+    std::vector<uint32_t> counts;    // current
+    std::vector<uint32_t> flushed;   // as last written to disk structures
+    std::vector<uint8_t> committed;  // 1 = in use at the last commit
+    uint32_t nr_free = 0;            // entries with count 0 (within nr_blocks)
+    uint32_t scan_hint = 0;          // no allocatable entry below this index
   };
 
   SpaceMap(Kind kind, uint64_t nr_blocks);
@@ -87,8 +87,8 @@ class SpaceMap {
   uint64_t nr_blocks_;
   uint64_t nr_allocated_ = 0;
   uint64_t pending_free_ = 0;
-  uint64_t ref_count_root_ = 0;   // 0 until created
-  uint64_t index_root_ = 0;       // data: index btree root; metadata: index block
+  uint64_t ref_count_root_ = 0;         // 0 until created
+  uint64_t index_root_ = 0;             // data: index btree root; metadata: index block
   std::vector<IndexEntry> index_;       // current in-core index entries
   std::vector<IndexEntry> index_disk_;  // as in the written index
   std::vector<Chunk> chunks_;

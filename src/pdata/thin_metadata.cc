@@ -19,7 +19,9 @@ DeviceDetails decode_details(const std::byte* p) {
 }
 }  // namespace
 
-const ValueType& ThinMetadata::details_vt() { return kDetailsVt; }
+const ValueType& ThinMetadata::details_vt() {
+  return kDetailsVt;
+}
 
 ThinMetadata::~ThinMetadata() = default;
 
@@ -52,7 +54,8 @@ Result<std::unique_ptr<ThinMetadata>> ThinMetadata::format(io::BlockDevice& dev,
                                                            size_t cache_blocks) {
   if (data_block_sectors < kMinDataBlockSectors || data_block_sectors > kMaxDataBlockSectors ||
       data_block_sectors % kMinDataBlockSectors != 0) {
-    return make_error(Errc::kInvalidArgument, "data block size must be 64 KiB..1 GiB, a multiple of 64 KiB");
+    return make_error(Errc::kInvalidArgument,
+                      "data block size must be 64 KiB..1 GiB, a multiple of 64 KiB");
   }
   if (nr_data_blocks > kMaxDataBlock) {
     return make_error(Errc::kInvalidArgument, "too many data blocks for the format");
@@ -286,8 +289,8 @@ Result<void> ThinMetadata::insert(uint64_t dev, uint64_t vblock, uint64_t data_b
   std::array<std::byte, 8> v;
   store_le64(v.data(), pack_block_time(data_block, sb_.time));
   bool inserted = false;
-  TP_ASSIGN_OR_RETURN(st->root, Btree::insert(*tm_, st->root, vblock, v.data(), mapping_vt_,
-                                              &inserted));
+  TP_ASSIGN_OR_RETURN(st->root,
+                      Btree::insert(*tm_, st->root, vblock, v.data(), mapping_vt_, &inserted));
   st->root_changed = true;
   if (inserted) {
     st->details.mapped_blocks++;
@@ -309,8 +312,7 @@ Result<bool> ThinMetadata::remove(uint64_t dev, uint64_t vblock) {
   return removed;
 }
 
-Result<void> ThinMetadata::walk(uint64_t dev, uint64_t lo, uint64_t hi,
-                                const MappingVisitor& fn) {
+Result<void> ThinMetadata::walk(uint64_t dev, uint64_t lo, uint64_t hi, const MappingVisitor& fn) {
   TP_ASSIGN_OR_RETURN(DevState * st, dev_state(dev));
   return Btree::walk(*tm_, st->root, mapping_vt_, lo, hi,
                      [&](uint64_t key, const std::byte* v) -> Result<bool> {
@@ -364,7 +366,9 @@ Result<void> ThinMetadata::walk_exact(uint64_t dev, uint64_t lo, uint64_t hi,
   return {};
 }
 
-Result<uint64_t> ThinMetadata::alloc_data_block() { return dsm_->new_block(); }
+Result<uint64_t> ThinMetadata::alloc_data_block() {
+  return dsm_->new_block();
+}
 
 Result<void> ThinMetadata::resize_data(uint64_t nr_data_blocks) {
   if (nr_data_blocks > kMaxDataBlock) {

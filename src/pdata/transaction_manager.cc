@@ -40,8 +40,7 @@ Result<void> TransactionManager::commit(const Superblock& sb) {
   TP_TRY(bm_.flush_dirty(kSuperblockLocation));
   TP_TRY(bm_.sync());
   {
-    TP_ASSIGN_OR_RETURN(WriteRef w, bm_.write_lock_zero(kSuperblockLocation,
-                                                        kSuperblockValidator));
+    TP_ASSIGN_OR_RETURN(WriteRef w, bm_.write_lock_zero(kSuperblockLocation, kSuperblockValidator));
     encode_superblock(sb, w.data());
   }
   TP_TRY(bm_.flush_block(kSuperblockLocation));

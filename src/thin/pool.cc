@@ -20,7 +20,9 @@ constexpr const char* kDataFile = "data";
 constexpr const char* kCatalogFile = "catalog";
 constexpr const char* kLockFile = "lock";
 
-std::string path_in(const std::string& dir, const char* name) { return dir + "/" + name; }
+std::string path_in(const std::string& dir, const char* name) {
+  return dir + "/" + name;
+}
 
 bool exists(const std::string& p) {
   struct stat st;
@@ -70,10 +72,14 @@ uint64_t default_metadata_bytes(uint64_t data_bytes, uint32_t block_bytes) {
 
 const char* pool_state_name(PoolState s) {
   switch (s) {
-    case PoolState::kOk: return "ok";
-    case PoolState::kLow: return "low";
-    case PoolState::kFull: return "full";
-    case PoolState::kReadOnly: return "read-only";
+    case PoolState::kOk:
+      return "ok";
+    case PoolState::kLow:
+      return "low";
+    case PoolState::kFull:
+      return "full";
+    case PoolState::kReadOnly:
+      return "read-only";
   }
   return "?";
 }
@@ -96,8 +102,8 @@ Result<std::unique_ptr<Pool>> Pool::create(const std::string& dir, const PoolOpt
   if (nr_blocks > pdata::kMaxDataBlock) {
     return make_error(Errc::kInvalidArgument, "pool size exceeds the format's limit");
   }
-  uint64_t meta_bytes = opts.metadata_bytes ? opts.metadata_bytes
-                                            : default_metadata_bytes(nr_blocks * bb, bb);
+  uint64_t meta_bytes =
+      opts.metadata_bytes ? opts.metadata_bytes : default_metadata_bytes(nr_blocks * bb, bb);
   if (meta_bytes < (1 << 20)) {
     return make_error(Errc::kInvalidArgument, "metadata size must be at least 1 MiB");
   }
@@ -118,14 +124,16 @@ Result<std::unique_ptr<Pool>> Pool::create(const std::string& dir, const PoolOpt
   TP_ASSIGN_OR_RETURN(p->md_, pdata::ThinMetadata::format(*p->meta_dev_, bb / 512, nr_blocks));
   p->cat_.settings.block_bytes = bb;
   p->cat_.settings.data_bytes = nr_blocks * bb;
-  TP_ASSIGN_OR_RETURN(catalog::CatalogFile cf,
-                      catalog::CatalogFile::create(path_in(dir, kCatalogFile), p->cat_,
-                                                   p->md_->trans_id()));
+  TP_ASSIGN_OR_RETURN(
+      catalog::CatalogFile cf,
+      catalog::CatalogFile::create(path_in(dir, kCatalogFile), p->cat_, p->md_->trans_id()));
   p->catfile_ = std::make_unique<catalog::CatalogFile>(std::move(cf));
   return p;
 }
 
-Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir) { return open(dir, nullptr); }
+Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir) {
+  return open(dir, nullptr);
+}
 
 Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const DeviceWrapper& wrap) {
   struct stat st;
@@ -162,8 +170,7 @@ Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const DeviceWra
   }
   for (uint64_t dev : p->md_->devices()) {
     if (!p->cat_.find_dev(dev)) {
-      return make_error(Errc::kCorruption, "metadata has a device the catalog does not name",
-                        dev);
+      return make_error(Errc::kCorruption, "metadata has a device the catalog does not name", dev);
     }
   }
   p->low_ = true;  // a pool opened below the mark reports no new crossing
@@ -235,7 +242,9 @@ Result<void> Pool::flush() {
   return commit_locked();
 }
 
-uint64_t Pool::metadata_writes() { return md_->bm().stats().writes; }
+uint64_t Pool::metadata_writes() {
+  return md_->bm().stats().writes;
+}
 
 Result<const catalog::VolumeRecord*> Pool::record_locked(const std::string& name) {
   const catalog::VolumeRecord* v = cat_.find(name);
@@ -477,8 +486,8 @@ Result<void> Pool::resize(const std::string& name, uint64_t size_bytes) {
       TP_ASSIGN_OR_RETURN(auto m, md_->lookup(dev, vb));
       if (m) {
         uint32_t boff = static_cast<uint32_t>(size_bytes % B);
-        TP_ASSIGN_OR_RETURN(uint64_t target,
-                            prepare_write_retry(lk, dev, vb, boff, static_cast<uint32_t>(B - boff)));
+        TP_ASSIGN_OR_RETURN(uint64_t target, prepare_write_retry(lk, dev, vb, boff,
+                                                                 static_cast<uint32_t>(B - boff)));
         TP_TRY(data_->write_zeroes(target * B + boff, B - boff));
       }
     }
@@ -665,12 +674,11 @@ Result<void> Pool::unmap_locked(uint64_t dev, uint64_t vb_begin, uint64_t vb_end
     bool shared, guaranteed;
   };
   std::vector<Gone> vbs;
-  TP_TRY(md_->walk_exact(dev, vb_begin, vb_end - 1,
-                         [&](uint64_t vb, const pdata::Mapping& m) -> Result<bool> {
-                           vbs.push_back({vb, m.data_block, m.shared,
-                                          catalog::is_covered(rec->guarantee, vb)});
-                           return true;
-                         }));
+  TP_TRY(md_->walk_exact(
+      dev, vb_begin, vb_end - 1, [&](uint64_t vb, const pdata::Mapping& m) -> Result<bool> {
+        vbs.push_back({vb, m.data_block, m.shared, catalog::is_covered(rec->guarantee, vb)});
+        return true;
+      }));
   uint64_t back_to_g = 0;
   for (const Gone& x : vbs) {
     TP_TRY(md_->remove(dev, x.vb));
@@ -723,8 +731,9 @@ Result<void> Pool::write_zeroes(uint64_t dev, uint64_t off, uint64_t len) {
     TP_ASSIGN_OR_RETURN(auto m, md_->lookup(dev, vb));
     if (!m) continue;
     uint32_t boff = static_cast<uint32_t>(b_begin - vb * B);
-    TP_ASSIGN_OR_RETURN(uint64_t target, prepare_write_retry(lk, dev, vb, boff,
-                                                             static_cast<uint32_t>(b_end - b_begin)));
+    TP_ASSIGN_OR_RETURN(
+        uint64_t target,
+        prepare_write_retry(lk, dev, vb, boff, static_cast<uint32_t>(b_end - b_begin)));
     TP_TRY(data_->write_zeroes(target * B + boff, b_end - b_begin));
     if (off / B == (end - 1) / B) break;  // one block: done
   }

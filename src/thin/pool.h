@@ -21,9 +21,9 @@
 // never hands it out before the commit) while an older request still touches it.
 
 #include <condition_variable>
+#include <cstdint>
 #include <functional>
 #include <map>
-#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -68,7 +68,7 @@ struct PoolInfo {
   uint64_t low_water_crossings = 0;       // times unreserved fell below the mark
   uint32_t block_bytes = 0;
   uint64_t nr_blocks = 0;
-  uint64_t used_blocks = 0;      // data blocks with ref count > 0
+  uint64_t used_blocks = 0;  // data blocks with ref count > 0
   uint64_t free_blocks = 0;
   uint64_t reserved_blocks = 0;  // promised to guarantees and reservations
   uint64_t unreserved_blocks = 0;
@@ -89,9 +89,9 @@ struct VolumeInfo {
   bool read_only = false;
   int64_t created_unix = 0;
   uint64_t mapped_blocks = 0;
-  uint64_t exclusive_blocks = 0;   // mapped and not shared with any other volume
-  uint64_t guaranteed_blocks = 0;  // blocks in the guarantee
-  uint64_t reserved_blocks = 0;    // R(v) = G(v) + E(v): what the pool holds back for it
+  uint64_t exclusive_blocks = 0;         // mapped and not shared with any other volume
+  uint64_t guaranteed_blocks = 0;        // blocks in the guarantee
+  uint64_t reserved_blocks = 0;          // R(v) = G(v) + E(v): what the pool holds back for it
   uint64_t explicit_reserve_blocks = 0;  // E(v)
   ClassSpace data_class, meta_class;
 };
@@ -147,8 +147,7 @@ class Pool {
 
   // --- volume operations; each is committed before it returns ---
   // provision: guarantee (and map) the whole volume; needs ceil(size/B) unreserved blocks.
-  Result<void> create_volume(const std::string& name, uint64_t size_bytes,
-                             bool provision = false);
+  Result<void> create_volume(const std::string& name, uint64_t size_bytes, bool provision = false);
   // O(1) in the volume size. The origin's guaranteed blocks become shared, so its
   // reservation grows by their count; reserve_bytes is the snapshot's own write budget.
   // Both must fit in the unreserved space, else kNoSpace and nothing changes.
@@ -224,8 +223,8 @@ class Pool {
   }
   // prepare_write_locked, committing once (to make freed blocks usable) when that is what
   // stands in the way. REQUIRES: lk holds mu_; no I/O of this thread in flight.
-  Result<uint64_t> prepare_write_retry(std::unique_lock<std::mutex>& lk, uint64_t dev,
-                                       uint64_t vb, uint32_t boff, uint32_t len);
+  Result<uint64_t> prepare_write_retry(std::unique_lock<std::mutex>& lk, uint64_t dev, uint64_t vb,
+                                       uint32_t boff, uint32_t len);
   Result<const catalog::VolumeRecord*> record_locked(const std::string& name);
   Result<const catalog::VolumeRecord*> record_by_dev_locked(uint64_t dev);
   Result<void> check_writable_locked(uint64_t dev);
@@ -266,12 +265,12 @@ class Pool {
   std::unique_ptr<catalog::CatalogFile> catfile_;
   catalog::Catalog cat_;
   std::map<uint64_t, uint64_t> g_;  // G(v) by dev id (absent: 0)
-  uint64_t reserved_ = 0;            // sum of G(v) + E(v)
-  bool low_ = false;                 // below the low-water mark at the last check
+  uint64_t reserved_ = 0;           // sum of G(v) + E(v)
+  bool low_ = false;                // below the low-water mark at the last check
   uint64_t low_crossings_ = 0;
-  std::vector<int> hook_pids_;       // low-water hook processes not yet reaped
-  bool dirty_ = false;       // uncommitted changes
-  bool failed_ = false;      // a commit failed: read-only until reopened
+  std::vector<int> hook_pids_;  // low-water hook processes not yet reaped
+  bool dirty_ = false;          // uncommitted changes
+  bool failed_ = false;         // a commit failed: read-only until reopened
   std::mutex mu_;
   std::condition_variable io_done_;
   uint64_t inflight_ = 0;

@@ -97,8 +97,8 @@ void Pool::note_space_locked() {
       env.push_back(nullptr);
       const char* argv[] = {"/bin/sh", "-c", hook.c_str(), nullptr};
       pid_t pid;
-      if (::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv),
-                        env.data()) == 0) {
+      if (::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), env.data()) ==
+          0) {
         hook_pids_.push_back(pid);
       }
     }
@@ -273,8 +273,9 @@ Result<void> Pool::provision_zero(uint64_t dev, uint64_t off, uint64_t len) {
     if (vb >= first && vb < last) continue;
     TP_TRY(provision_locked(name, vb, vb + 1, ProvisionClass::kData, false));
     uint32_t boff = static_cast<uint32_t>(b_begin - vb * B);
-    TP_ASSIGN_OR_RETURN(uint64_t target, prepare_write_retry(lk, dev, vb, boff,
-                                                             static_cast<uint32_t>(b_end - b_begin)));
+    TP_ASSIGN_OR_RETURN(
+        uint64_t target,
+        prepare_write_retry(lk, dev, vb, boff, static_cast<uint32_t>(b_end - b_begin)));
     TP_TRY(data_->write_zeroes(target * B + boff, b_end - b_begin));
     if (off / B == (end - 1) / B) break;
   }
@@ -352,8 +353,8 @@ Result<void> Pool::merge(const std::string& snapshot, bool take_size) {
     if (new_blocks < old_blocks) {
       o->guarantee = catalog::remove_range(o->guarantee, new_blocks, ~uint64_t{0});
     } else if (whole && new_blocks > old_blocks) {
-      o->guarantee = catalog::add_range(o->guarantee,
-                                        {old_blocks, new_blocks, o->guarantee.back().cls});
+      o->guarantee =
+          catalog::add_range(o->guarantee, {old_blocks, new_blocks, o->guarantee.back().cls});
     }
   }
   if (r.ok()) r = recompute_all_g_locked();

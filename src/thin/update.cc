@@ -149,8 +149,8 @@ Result<ByteSource> file_bytes(const std::string& path, std::shared_ptr<int>* kee
   s.read = [holder](uint64_t off, std::span<std::byte> out) -> Result<void> {
     size_t done = 0;
     while (done < out.size()) {
-      ssize_t n = ::pread(*holder, out.data() + done, out.size() - done,
-                          static_cast<off_t>(off + done));
+      ssize_t n =
+          ::pread(*holder, out.data() + done, out.size() - done, static_cast<off_t>(off + done));
       if (n < 0) {
         if (errno == EINTR) continue;
         return sys_error("read delta file", off);
@@ -240,8 +240,7 @@ Result<ImageSource> file_source(const std::string& path, int* fd_out) {
   s.read = [fd](uint64_t off, std::span<std::byte> out) -> Result<void> {
     size_t done = 0;
     while (done < out.size()) {
-      ssize_t n = ::pread(fd, out.data() + done, out.size() - done,
-                          static_cast<off_t>(off + done));
+      ssize_t n = ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(off + done));
       if (n < 0) {
         if (errno == EINTR) continue;
         return sys_error("read image file", off);

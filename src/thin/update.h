@@ -86,7 +86,7 @@ Result<ImageSource> file_source(const std::string& path, int* fd_out);
 Result<Sha256> sha256_of(const ImageSource& src);
 
 struct UpdateResult {
-  bool staged = false;           // stopped before the merge
+  bool staged = false;  // stopped before the merge
   bool used_existing_next = false;
   uint64_t entries_applied = 0;
   uint64_t reserved_blocks = 0;  // reservation of the snapshot it created

@@ -173,7 +173,8 @@ TEST(SpaceMapReuse, BlockFreedInTheSameTransactionIsReusedAtOnce) {
   auto md = std::move(*ThinMetadata::format(*dev, 128, 100));
   ASSERT_TRUE(md->create_thin(1).ok());
   ASSERT_TRUE(md->commit().ok());
-  for (uint64_t vb = 0; vb < 100; vb++) ASSERT_TRUE(md->insert(1, vb, *md->alloc_data_block()).ok());
+  for (uint64_t vb = 0; vb < 100; vb++)
+    ASSERT_TRUE(md->insert(1, vb, *md->alloc_data_block()).ok());
   EXPECT_EQ(md->alloc_data_block().error().code, Errc::kNoSpace);
   // Never committed: free for reuse without a commit.
   for (uint64_t vb = 0; vb < 40; vb++) ASSERT_TRUE(md->remove(1, vb).ok());

@@ -107,7 +107,9 @@ TEST_F(CorruptionTest, IntactImageReadsClean) {
   EXPECT_EQ(writes, 0u);
 }
 
-TEST_F(CorruptionTest, Superblock) { flip_and_expect(0, "superblock"); }
+TEST_F(CorruptionTest, Superblock) {
+  flip_and_expect(0, "superblock");
+}
 
 TEST_F(CorruptionTest, InternalNode) {
   ASSERT_EQ(read_u64(dev_root_, 4) & 0xFFFFFFFF, 1u) << "device root should be internal";
@@ -120,7 +122,9 @@ TEST_F(CorruptionTest, LeafNode) {
   flip_and_expect(leaf, "leaf node");
 }
 
-TEST_F(CorruptionTest, DeviceDetailsNode) { flip_and_expect(sb_.device_details_root, "details"); }
+TEST_F(CorruptionTest, DeviceDetailsNode) {
+  flip_and_expect(sb_.device_details_root, "details");
+}
 
 TEST_F(CorruptionTest, DataSpaceMapIndexNode) {
   flip_and_expect(sb_.data_sm_root.bitmap_root, "data index");

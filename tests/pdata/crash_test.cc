@@ -21,7 +21,9 @@ constexpr uint64_t kDataBlocks = 1 << 16;
 constexpr int kTxns = 200;
 constexpr int kOpsPerTxn = 12;
 
-bool long_mode() { return std::getenv("TP_LONG") != nullptr; }
+bool long_mode() {
+  return std::getenv("TP_LONG") != nullptr;
+}
 
 struct RunResult {
   std::vector<testing::XmlPool> committed;  // committed[k] = state after commit k
@@ -93,11 +95,11 @@ TEST(CrashSafety, PowerCutAtEveryWriteKeepsLastCommit) {
     bool new_state = last_ok + 1 < run.committed.size() &&
                      testing::first_difference(run.committed[last_ok + 1], got).empty();
     ASSERT_TRUE(old_state || new_state)
-        << "crash point " << n << ": "
-        << testing::first_difference(run.committed[last_ok], got);
+        << "crash point " << n << ": " << testing::first_difference(run.committed[last_ok], got);
     auto rep = check_metadata(**mdr);
     ASSERT_TRUE(rep.ok() && rep->ok())
-        << "crash point " << n << ": " << (rep.ok() ? rep->damage.front() : rep.error().to_string());
+        << "crash point " << n << ": "
+        << (rep.ok() ? rep->damage.front() : rep.error().to_string());
     // The independent oracle on a sample (every point in long mode).
     if (long_mode() || points % 10 == 0) {
       std::string f = tmp.file("meta");
@@ -111,7 +113,8 @@ TEST(CrashSafety, PowerCutAtEveryWriteKeepsLastCommit) {
   }
   std::printf("crash points: %d of %llu writes (%d thin_check runs)\n", points,
               static_cast<unsigned long long>(total), thin_checked);
-  EXPECT_GE(points, long_mode() ? static_cast<int>(total) : static_cast<int>(testing::scaled(500)) - 1);
+  EXPECT_GE(points,
+            long_mode() ? static_cast<int>(total) : static_cast<int>(testing::scaled(500)) - 1);
 }
 
 }  // namespace

@@ -4,7 +4,6 @@
 
 #include <gtest/gtest.h>
 
-
 #include "pdata/checker.h"
 #include "support/md_model.h"
 #include "support/md_xml.h"
@@ -67,8 +66,8 @@ TEST(ThinMetadataOracle, ReadsLargeSharedPoolFromThinRestore) {
 
 // Random operations on real metadata, committed many times; after each checked commit the
 // file passes thin_check and thin_dump equals the model.
-void random_ops(uint64_t seed, int commits, int ops_per_commit, int check_every,
-                uint64_t vspace, uint64_t meta_bytes) {
+void random_ops(uint64_t seed, int commits, int ops_per_commit, int check_every, uint64_t vspace,
+                uint64_t meta_bytes) {
   TempDir tmp;
   std::string meta = tmp.file("meta");
   auto devr = io::create_file(meta, meta_bytes);

@@ -25,11 +25,11 @@ XmlPool read_pool(pdata::ThinMetadata& md) {
     d.transaction = det->transaction_id;
     d.creation_time = det->creation_time;
     d.snap_time = det->snapshotted_time;
-    auto r = md.walk(dev, 0, ~uint64_t{0},
-                     [&](uint64_t vb, const pdata::Mapping& m) -> Result<bool> {
-                       d.mappings.push_back(XmlMapping{vb, m.data_block, m.time});
-                       return true;
-                     });
+    auto r =
+        md.walk(dev, 0, ~uint64_t{0}, [&](uint64_t vb, const pdata::Mapping& m) -> Result<bool> {
+          d.mappings.push_back(XmlMapping{vb, m.data_block, m.time});
+          return true;
+        });
     if (!r.ok()) {
       ADD_FAILURE() << "walk " << dev << ": " << r.error().to_string();
       return {};

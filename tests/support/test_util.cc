@@ -11,7 +11,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -270,9 +269,12 @@ Effort effort() {
 
 uint64_t scaled(uint64_t n, uint64_t long_factor) {
   switch (effort()) {
-    case Effort::kQuick: return std::max<uint64_t>(1, n / 5);
-    case Effort::kNormal: return n;
-    case Effort::kLong: return n * long_factor;
+    case Effort::kQuick:
+      return std::max<uint64_t>(1, n / 5);
+    case Effort::kNormal:
+      return n;
+    case Effort::kLong:
+      return n * long_factor;
   }
   return n;
 }

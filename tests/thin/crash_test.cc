@@ -89,8 +89,10 @@ class CrashDuringOp : public ::testing::TestWithParam<Op> {
 
   Result<void> run(Pool& p) {
     switch (GetParam()) {
-      case Op::kMerge: return p.merge("base.next");
-      case Op::kRollback: return p.rollback("base", "pre");
+      case Op::kMerge:
+        return p.merge("base.next");
+      case Op::kRollback:
+        return p.rollback("base", "pre");
       case Op::kUpdate: {
         auto r = apply_update(p, "base", tmp_.file("d"), false);
         if (!r.ok()) return r.error();
@@ -157,8 +159,8 @@ TEST_P(CrashDuringOp, WhollyOldOrWhollyNew) {
     old_seen += is_old;
     new_seen += is_new;
     auto c = (*p)->check();
-    ASSERT_TRUE(c.ok() && c->ok()) << "crash point " << n << ": "
-                                   << (c.ok() ? c->damage.front() : c.error().to_string());
+    ASSERT_TRUE(c.ok() && c->ok())
+        << "crash point " << n << ": " << (c.ok() ? c->damage.front() : c.error().to_string());
     ASSERT_TRUE((*p)->close().ok());
     ASSERT_EQ(testing::thin_check(dir + "/metadata"), "") << "crash point " << n;
     points++;
@@ -172,9 +174,12 @@ INSTANTIATE_TEST_SUITE_P(Ops, CrashDuringOp,
                          ::testing::Values(Op::kMerge, Op::kRollback, Op::kUpdate),
                          [](const auto& info) {
                            switch (info.param) {
-                             case Op::kMerge: return std::string("Merge");
-                             case Op::kRollback: return std::string("Rollback");
-                             case Op::kUpdate: return std::string("Update");
+                             case Op::kMerge:
+                               return std::string("Merge");
+                             case Op::kRollback:
+                               return std::string("Rollback");
+                             case Op::kUpdate:
+                               return std::string("Update");
                            }
                            return std::string("?");
                          });

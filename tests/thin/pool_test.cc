@@ -24,8 +24,7 @@ std::span<std::byte> as_wbytes(std::string& s) {
   return {reinterpret_cast<std::byte*>(s.data()), s.size()};
 }
 
-std::unique_ptr<Pool> make_pool(const std::string& dir, uint64_t data_bytes,
-                                uint32_t block = kB) {
+std::unique_ptr<Pool> make_pool(const std::string& dir, uint64_t data_bytes, uint32_t block = kB) {
   PoolOptions o;
   o.data_bytes = data_bytes;
   o.block_bytes = block;
@@ -205,8 +204,8 @@ TEST(PoolOracle, ThinLsAndThinDeltaAgree) {
   ASSERT_TRUE(p->close().ok());
   p = reopen(nullptr, dir);
 
-  auto ls = testing::run_cmd({"thin_ls", "--no-headers", "-o", "DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS",
-                              dir + "/metadata"});
+  auto ls = testing::run_cmd(
+      {"thin_ls", "--no-headers", "-o", "DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS", dir + "/metadata"});
   if (ls.rc == 127) GTEST_SKIP() << "thin_ls not installed";
   ASSERT_EQ(ls.rc, 0) << ls.err;
   std::map<uint64_t, std::pair<uint64_t, uint64_t>> tools;
@@ -228,7 +227,9 @@ TEST(PoolOracle, ThinLsAndThinDeltaAgree) {
   std::map<uint64_t, std::string> want, got;
   std::regex re(R"re(<(different|left_only|right_only) begin="(\d+)" length="(\d+)"/>)re");
   for (std::sregex_iterator it(td.out.begin(), td.out.end(), re), e; it != e; ++it) {
-    std::string k = (*it)[1] == "different" ? "changed" : (*it)[1] == "left_only" ? "removed" : "added";
+    std::string k = (*it)[1] == "different"   ? "changed"
+                    : (*it)[1] == "left_only" ? "removed"
+                                              : "added";
     uint64_t beg = std::stoull((*it)[2]), n = std::stoull((*it)[3]);
     for (uint64_t i = 0; i < n; i++) want[beg + i] = k;
   }

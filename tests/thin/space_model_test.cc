@@ -23,7 +23,7 @@ std::span<const std::byte> bytes_of(const std::string& s, size_t n) {
 }
 
 struct MVol {
-  uint64_t size = 0;  // blocks
+  uint64_t size = 0;                  // blocks
   std::map<uint64_t, uint64_t> maps;  // vb -> model block id
   std::set<uint64_t> guar;
   uint64_t e = 0;
@@ -256,11 +256,12 @@ TEST(SpaceModelTest, RandomOperationsFollowTheSpaceRules) {
   ASSERT_TRUE(c.ok() && c->ok()) << (c.ok() ? c->damage.front() : c.error().to_string());
   ASSERT_TRUE(pool->close().ok());
   EXPECT_EQ(testing::thin_check(dir + "/metadata"), "");
-  std::printf("space model: %llu ops, %llu ENOSPC as predicted, %llu guaranteed writes, "
-              "%llu merges, %llu rollbacks\n",
-              static_cast<unsigned long long>(ops), static_cast<unsigned long long>(enospc),
-              static_cast<unsigned long long>(guaranteed_writes),
-              static_cast<unsigned long long>(merges), static_cast<unsigned long long>(rollbacks));
+  std::printf(
+      "space model: %llu ops, %llu ENOSPC as predicted, %llu guaranteed writes, "
+      "%llu merges, %llu rollbacks\n",
+      static_cast<unsigned long long>(ops), static_cast<unsigned long long>(enospc),
+      static_cast<unsigned long long>(guaranteed_writes), static_cast<unsigned long long>(merges),
+      static_cast<unsigned long long>(rollbacks));
   EXPECT_GT(enospc, 0u);
 }
 

@@ -1,7 +1,6 @@
 // Guaranteed space (docs/SEMANTICS.md): provisioning, reservations, snapshots with a write
 // budget, merge, rollback, and the pool states. Every test ends with check + thin_check.
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <random>
