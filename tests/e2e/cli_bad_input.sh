@@ -9,21 +9,14 @@
 # opened: exit 2. Only semantic refusals from the engine (duplicate name, unknown volume,
 # has snapshots, file larger than the volume, read-only snapshot, pool locked) exit 1.
 # Usage: cli_bad_input.sh PATH/TO/thinpool
-set -euo pipefail
+. "$(dirname "$0")/lib/common.sh" "$@"
 
-TP=$(realpath "${1:?usage: $0 PATH/TO/thinpool}")
-T=$(mktemp -d)
 LOCKER=
 cleanup() {
   if [ -n "$LOCKER" ]; then kill "$LOCKER" 2>/dev/null || true; wait "$LOCKER" 2>/dev/null || true; fi
   rm -rf "$T"
 }
 trap cleanup EXIT
-unset THINPOOL_POOL
-P=$T/pool
-tp() { "$TP" -p "$P" "$@"; }
-fail() { echo "cli_bad_input: FAIL: $*" >&2; exit 1; }
-MiB=1048576
 
 # expect STATUS CMD...: runs CMD, checks its exit status, one stderr line, empty stdout.
 expect() {

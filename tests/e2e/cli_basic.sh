@@ -3,18 +3,8 @@
 #   init, create, write an image with a zero MiB (stays unmapped), read it back (sparse, same
 #   bytes), snapshot, change the origin, delta, remove, check (and thin_check), info --json.
 # Usage: cli_basic.sh PATH/TO/thinpool
-set -euo pipefail
+. "$(dirname "$0")/lib/common.sh" "$@"
 
-TP=$(realpath "${1:?usage: $0 PATH/TO/thinpool}")
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-unset THINPOOL_POOL
-P=$T/pool
-tp() { "$TP" -p "$P" "$@"; }
-fail() { echo "cli_basic: FAIL: $*" >&2; exit 1; }
-# json EXPR: evaluates a python expression over the JSON document on stdin (as j).
-json() { python3 -c "import json,sys; j=json.load(sys.stdin); sys.exit(0 if ($1) else 1)"; }
-MiB=1048576
 
 tp init --size 64M >/dev/null
 tp create vol --size 16M >/dev/null

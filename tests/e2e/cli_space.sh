@@ -7,17 +7,8 @@
 #   pool; merge and rollback contents checked by sha256 of `read`; check (and thin_check)
 #   passes at the end.
 # Usage: cli_space.sh PATH/TO/thinpool
-set -euo pipefail
+. "$(dirname "$0")/lib/common.sh" "$@"
 
-TP=$(realpath "${1:?usage: $0 PATH/TO/thinpool}")
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-unset THINPOOL_POOL
-P=$T/pool
-tp() { "$TP" -p "$P" "$@"; }
-fail() { echo "cli_space: FAIL: $*" >&2; exit 1; }
-# json EXPR: evaluates a python expression over the JSON document on stdin (as j).
-json() { python3 -c "import json,sys; j=json.load(sys.stdin); sys.exit(0 if ($1) else 1)"; }
 # vol NAME: the `list --json` object of one volume, as a JSON document.
 vol() { tp list --json | python3 -c "import json,sys; print(json.dumps([v for v in json.load(sys.stdin) if v['name'] == '$1'][0]))"; }
 # refused STATUS WHAT CMD...: CMD must exit STATUS with one message line containing WHAT.

@@ -5,17 +5,8 @@
 #   truncated, made for another base, larger than the reservation on a full pool) exits 1
 #   with one message line, leaves no base.next and base as it was; check passes at the end.
 # Usage: cli_update.sh PATH/TO/thinpool
-set -euo pipefail
+. "$(dirname "$0")/lib/common.sh" "$@"
 
-TP=$(realpath "${1:?usage: $0 PATH/TO/thinpool}")
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-unset THINPOOL_POOL
-P=$T/pool
-tp() { "$TP" -p "$P" "$@"; }
-fail() { echo "cli_update: FAIL: $*" >&2; exit 1; }
-# json EXPR: evaluates a python expression over the JSON document on stdin (as j).
-json() { python3 -c "import json,sys; j=json.load(sys.stdin); sys.exit(0 if ($1) else 1)"; }
 names() { tp list --json | python3 -c "import json,sys; print(' '.join(sorted(v['name'] for v in json.load(sys.stdin))))"; }
 fsha() { sha256sum <"$1" | cut -d' ' -f1; }
 sha() {
