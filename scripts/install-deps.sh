@@ -12,7 +12,7 @@ PKGS=(
   # the independent oracle for the on-disk format
   thin-provisioning-tools
   # real NBD clients and peers for the end-to-end tests
-  libnbd-bin nbdkit qemu-utils fio fuse3   # libnbd-bin ships nbdsh, nbdinfo, nbdcopy, nbdfuse
+  libnbd-bin python3-libnbd nbdkit qemu-utils fio fuse3   # libnbd-bin ships nbdsh, nbdinfo, nbdcopy, nbdfuse
   # demo: image tools
   erofs-utils squashfs-tools e2fsprogs
 )

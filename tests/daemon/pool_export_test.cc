@@ -1,0 +1,209 @@
+// The daemon's adapters: GroupCommit (flushes share commits; background commits) and
+// PoolCatalog/PoolTarget over a real pool in a temp dir.
+
+#include "daemon/pool_export.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <thread>
+
+#include "daemon/group_commit.h"
+#include "nbd/protocol.h"
+#include "support/test_util.h"
+
+namespace tp::daemon {
+namespace {
+
+using ::tp::testing::TempDir;
+using namespace std::chrono_literals;
+
+TEST(GroupCommit, ConcurrentFlushesShareCommits) {
+  std::atomic<int> commits{0};
+  GroupCommit g([&]() -> Result<void> {
+    commits++;
+    std::this_thread::sleep_for(30ms);
+    return {};
+  });
+  std::vector<std::thread> ts;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 16; i++) {
+    ts.emplace_back([&] { ok += g.flush().ok(); });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(ok.load(), 16);
+  EXPECT_GE(commits.load(), 1);
+  EXPECT_LE(commits.load(), 8);  // 16 flushes, at most one commit running + one queued each round
+}
+
+TEST(GroupCommit, AFlushArrivingDuringACommitWaitsForTheNextOne) {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release_first = false;
+  std::atomic<int> started{0};
+  GroupCommit g([&]() -> Result<void> {
+    int n = ++started;
+    if (n == 1) {
+      std::unique_lock lk(mu);
+      cv.wait(lk, [&] { return release_first; });
+    }
+    return {};
+  });
+  std::thread a([&] { EXPECT_TRUE(g.flush().ok()); });
+  while (started.load() == 0) std::this_thread::yield();
+  std::atomic<bool> b_done{false};
+  std::thread b([&] {
+    EXPECT_TRUE(g.flush().ok());
+    b_done = true;
+  });
+  std::this_thread::sleep_for(20ms);
+  EXPECT_FALSE(b_done.load());
+  {
+    std::lock_guard lk(mu);
+    release_first = true;
+  }
+  cv.notify_all();
+  a.join();
+  b.join();
+  EXPECT_EQ(started.load(), 2);  // b needed a commit that began after it arrived
+}
+
+TEST(GroupCommit, FailuresReachEveryWaiter) {
+  GroupCommit g([]() -> Result<void> { return make_error(Errc::kIo, "disk gone"); });
+  auto r = g.flush();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Errc::kIo);
+}
+
+TEST(GroupCommit, BackgroundCommitsOnlyAfterWrites) {
+  std::atomic<int> commits{0};
+  GroupCommit g([&]() -> Result<void> {
+    commits++;
+    return {};
+  });
+  g.start_background(20ms, nullptr);
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(commits.load(), 0);
+  g.note_write();
+  for (int i = 0; i < 200 && commits.load() == 0; i++) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(commits.load(), 1);
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(commits.load(), 1);
+  g.stop_background();
+}
+
+class PoolExportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    thin::PoolOptions o;
+    o.data_bytes = 64ull << 20;
+    auto p = thin::Pool::create(tmp.path() + "/pool", o);
+    ASSERT_TRUE(p.ok()) << p.error().to_string();
+    pool = std::move(*p);
+    ASSERT_TRUE(pool->create_volume("vol", 8ull << 20).ok());
+    std::vector<std::byte> data(B, std::byte{0x5a});
+    ASSERT_TRUE(pool->write(*pool->dev_id("vol"), 0, data).ok());
+    ASSERT_TRUE(pool->snapshot("vol", "snap", false).ok());
+  }
+  void TearDown() override {
+    if (pool) {
+      EXPECT_TRUE(pool->close().ok());
+    }
+  }
+  std::unique_ptr<nbd::BlockTarget> open(PoolCatalog& cat, const std::string& name) {
+    auto t = cat.open(name);
+    EXPECT_TRUE(t.ok());
+    return t.ok() ? std::move(*t) : nullptr;
+  }
+  static constexpr uint64_t B = 64 * 1024;
+  TempDir tmp;
+  std::unique_ptr<thin::Pool> pool;
+  GroupCommit commit{[this] { return pool->flush(); }};
+};
+
+TEST_F(PoolExportTest, EveryVolumeIsAnExportAndSnapshotsAreReadOnly) {
+  PoolCatalog cat(*pool, commit, {}, "");
+  auto l = cat.list();
+  ASSERT_EQ(l.size(), 2u);
+  EXPECT_EQ(cat.default_export(), "");  // two volumes, no --default
+  auto snap = open(cat, "snap");
+  EXPECT_TRUE(snap->read_only());
+  EXPECT_TRUE(snap->can_multi_conn());
+  EXPECT_EQ(snap->preferred_block_size(), B);
+  std::vector<std::byte> d(512);
+  EXPECT_EQ(snap->write(0, d, false).error().code, Errc::kReadOnly);
+  EXPECT_EQ(nbd::to_nbd_error(snap->write(0, d, false).error()), nbd::kEPerm);
+  EXPECT_EQ(cat.open("nope").error().code, Errc::kNotFound);
+}
+
+TEST_F(PoolExportTest, ChosenExportsAndTheDefault) {
+  PoolCatalog only(*pool, commit, {"vol"}, "");
+  ASSERT_EQ(only.list().size(), 1u);
+  EXPECT_EQ(only.default_export(), "vol");
+  EXPECT_EQ(only.open("snap").error().code, Errc::kNotFound);
+  PoolCatalog dflt(*pool, commit, {}, "snap");
+  EXPECT_EQ(dflt.default_export(), "snap");
+}
+
+TEST_F(PoolExportTest, BlockStatusShowsUnmappedBlocksAsZeroHoles) {
+  PoolCatalog cat(*pool, commit, {}, "");
+  auto vol = open(cat, "vol");
+  auto st = vol->block_status(0, 4 * B);
+  ASSERT_TRUE(st.ok());
+  ASSERT_EQ(st->size(), 2u);
+  EXPECT_EQ((*st)[0].length, B);
+  EXPECT_EQ((*st)[0].flags, 0u);
+  EXPECT_EQ((*st)[1].length, 3 * B);
+  EXPECT_EQ((*st)[1].flags, nbd::kStateHole | nbd::kStateZero);
+}
+
+TEST_F(PoolExportTest, ZeroWithNoHoleProvisionsAndWithoutUnmaps) {
+  PoolCatalog cat(*pool, commit, {}, "");
+  auto vol = open(cat, "vol");
+  ASSERT_TRUE(vol->zero(2 * B, B, true).ok());  // provision: mapped, reads zeros
+  ASSERT_TRUE(vol->zero(0, B, false).ok());     // unmapped again
+  auto st = vol->block_status(0, 3 * B);
+  ASSERT_TRUE(st.ok());
+  ASSERT_EQ(st->size(), 2u);
+  EXPECT_EQ((*st)[0].flags, nbd::kStateHole | nbd::kStateZero);
+  EXPECT_EQ((*st)[0].length, 2 * B);
+  EXPECT_EQ((*st)[1].flags, 0u);
+  std::vector<std::byte> buf(3 * B, std::byte{1});
+  ASSERT_TRUE(vol->read(0, buf).ok());
+  EXPECT_TRUE(std::all_of(buf.begin(), buf.end(), [](std::byte b) { return b == std::byte{0}; }));
+  EXPECT_EQ(pool->volume("vol")->guaranteed_blocks, 1u);
+}
+
+TEST_F(PoolExportTest, DeltaStatusMarksWhatChangedSinceTheSnapshot) {
+  PoolCatalog cat(*pool, commit, {}, "");
+  auto vol = open(cat, "vol");
+  EXPECT_EQ(vol->delta_bases(), std::vector<std::string>{"snap"});
+  std::vector<std::byte> d(B, std::byte{7});
+  ASSERT_TRUE(vol->write(2 * B, d, false).ok());
+  auto st = vol->delta_status("snap", 0, 4 * B);
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  ASSERT_EQ(st->size(), 3u);
+  EXPECT_EQ((*st)[0].flags, 0u);
+  EXPECT_EQ((*st)[0].length, 2 * B);
+  EXPECT_EQ((*st)[1].flags, nbd::kStateChanged);
+  EXPECT_EQ((*st)[1].length, B);
+  EXPECT_EQ((*st)[2].flags, 0u);
+  EXPECT_EQ(vol->delta_status("nope", 0, B).error().code, Errc::kNotFound);
+}
+
+TEST_F(PoolExportTest, FuaAndFlushCommit) {
+  PoolCatalog cat(*pool, commit, {}, "");
+  auto vol = open(cat, "vol");
+  uint64_t before = pool->info().trans_id;
+  std::vector<std::byte> d(B, std::byte{9});
+  ASSERT_TRUE(vol->write(3 * B, d, true).ok());
+  EXPECT_GT(pool->info().trans_id, before);
+  ASSERT_TRUE(vol->write(4 * B, d, false).ok());
+  uint64_t mid = pool->info().trans_id;
+  ASSERT_TRUE(vol->flush().ok());
+  EXPECT_GT(pool->info().trans_id, mid);
+}
+
+}  // namespace
+}  // namespace tp::daemon
