@@ -1,12 +1,20 @@
 #include "cli/app.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <iterator>
 #include <map>
+#include <new>
+#include <optional>
+#include <sstream>
 #include <string_view>
 
 #include "cli/command.h"
+#include "daemon/serve.h"
+#include "thin/pool.h"
 
 namespace tp::cli {
 namespace {
@@ -15,7 +23,7 @@ namespace {
 constexpr std::string_view kHelpOrder[] = {
     "init",   "info",      "list",        "create",  "snapshot", "remove",   "resize",
     "extend", "provision", "unprovision", "reserve", "merge",    "rollback", "delta",
-    "diff",   "update",    "write",       "read",    "check",
+    "diff",   "update",    "write",       "read",    "check",    "serve",    "events",
 };
 
 size_t help_rank(std::string_view name) {
@@ -23,9 +31,62 @@ size_t help_rank(std::string_view name) {
                              std::begin(kHelpOrder));
 }
 
+// Sends the command line to the daemon serving the pool, if one does, and relays its output.
+// nullopt: no daemon (the command runs here, on the pool it opens itself).
+std::optional<int> run_in_daemon(const Context& ctx, std::string_view command, int argc,
+                                 const char* const* argv) {
+  if (ctx.pool_dir.empty()) return std::nullopt;
+  const std::string sock = ctx.pool_dir + "/control.sock";
+  struct stat st;
+  if (::lstat(sock.c_str(), &st) != 0) return std::nullopt;
+  auto client = daemon::ControlClient::connect(sock);
+  if (!client.ok()) {
+    if (client.error().code == Errc::kNotFound) return std::nullopt;  // a stale socket
+    return ctx.fail(command, sock, client.error());
+  }
+  nlohmann::json req{{"op", "run"}, {"argv", nlohmann::json::array()}};
+  for (int i = 1; i < argc; i++) req["argv"].push_back(argv[i]);
+  if (char* cwd = ::getcwd(nullptr, 0)) {
+    req["cwd"] = cwd;
+    std::free(cwd);
+  }
+  auto reply = (*client)->call(req);
+  if (!reply.ok()) return ctx.fail(command, sock, reply.error());
+  if (auto e = reply->find("error"); e != reply->end()) {
+    return ctx.fail(command, sock, "daemon: " + e->dump(), kExitFailed);
+  }
+  auto status = reply->find("status");
+  if (status == reply->end() || !status->is_number_integer()) {
+    return ctx.fail(command, sock, "daemon: malformed reply", kExitFailed);
+  }
+  ctx.con.out << reply->value("stdout", "") << std::flush;
+  ctx.con.err << reply->value("stderr", "") << std::flush;
+  return status->get<int>();
+}
+
 }  // namespace
 
-int run(int argc, const char* const* argv, Console& con) {
+daemon::ControlReply run_served(const daemon::Services& services,
+                                const daemon::ControlRequest& request) {
+  std::ostringstream out, err;
+  Console con{out, err, false};
+  std::vector<const char*> argv{"thinpool"};
+  for (const std::string& a : request.argv) argv.push_back(a.c_str());
+  int status;
+  try {
+    status = run(static_cast<int>(argv.size()), argv.data(), con, &services, request.cwd);
+  } catch (const std::bad_alloc&) {
+    err << "thinpool: out of memory\n";
+    status = kExitFailed;
+  } catch (const std::exception& e) {
+    err << "thinpool: internal error: " << e.what() << "\n";
+    status = kExitFailed;
+  }
+  return {status, out.str(), err.str()};
+}
+
+int run(int argc, const char* const* argv, Console& con, const daemon::Services* served,
+        const std::string& cwd) {
   CLI::App app{"thinpool: thin-provisioned volumes and snapshots in a directory", "thinpool"};
   // Global options may also come after the subcommand: `thinpool list --json`.
   app.fallthrough();
@@ -50,7 +111,7 @@ int run(int argc, const char* const* argv, Console& con) {
     by_sub[sub] = cmd.get();
   }
 
-  Context ctx{con, "", false};
+  Context ctx{con, "", false, nullptr, ""};
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {  // --help, --help-all, --version
@@ -73,11 +134,21 @@ int run(int argc, const char* const* argv, Console& con) {
   }
   ctx.pool_dir = pool_dir;
   ctx.json = json;
+  ctx.served = served;
+  ctx.cwd = cwd;
   for (const CLI::App* sub : app.get_subcommands()) {
     auto it = by_sub.find(sub);
-    if (it != by_sub.end()) {
-      return it->second->run(ctx);
+    if (it == by_sub.end()) continue;
+    Command& cmd = *it->second;
+    if (served) {
+      if (!cmd.through_daemon()) {
+        return ctx.fail(cmd.name(), "", "not available through the control socket", kExitUsage);
+      }
+      ctx.pool_dir = served->pool.dir();
+    } else if (cmd.through_daemon()) {
+      if (auto st = run_in_daemon(ctx, cmd.name(), argc, argv)) return *st;
     }
+    return cmd.run(ctx);
   }
   return ctx.fail("", "", "no command given (see --help)", kExitUsage);
 }

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <ostream>
 #include <vector>
 
@@ -315,6 +316,7 @@ class WriteCommand final : public Command {
     if (!name_arg(ctx, name(), name_)) {
       return kExitUsage;
     }
+    file_ = ctx.path(file_);
     Fd fd(::open(file_.c_str(), O_RDONLY | O_CLOEXEC));
     if (fd.get() < 0) {
       return ctx.fail(name(), file_, std::strerror(errno), kExitFailed);
@@ -377,6 +379,7 @@ class ReadCommand final : public Command {
     if (!name_arg(ctx, name(), name_)) {
       return kExitUsage;
     }
+    file_ = ctx.path(file_);
     return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
       // Look the volume up before touching FILE, so a typo does not truncate it.
       auto vol = pool.volume(name_);
@@ -531,7 +534,10 @@ class DiffCommand final : public Command {
                        "the delta block size must be a multiple of 4 KiB, at most 64 MiB");
     }
     const uint32_t bb = static_cast<uint32_t>(*block);
+    output_ = ctx.path(output_);
     if (files_) {
+      old_ = ctx.path(old_);
+      new_ = ctx.path(new_);
       return diff_files(ctx, bb);
     }
     if (!name_arg(ctx, name(), old_) || !name_arg(ctx, name(), new_)) {
@@ -631,6 +637,7 @@ class UpdateCommand final : public Command {
     sub.add_flag("--stage", stage_,
                  "Stop before the merge: NAME.next holds the new image (merge or remove it "
                  "later)");
+    sub.add_flag("--force", force_, "Merge even while NAME is exported writable over NBD");
   }
   int run(const Context& ctx) override {
     if (!name_arg(ctx, name(), name_)) {
@@ -640,17 +647,23 @@ class UpdateCommand final : public Command {
     if (!name_arg(ctx, name(), name_ + ".next")) {
       return kExitUsage;
     }
+    delta_ = ctx.path(delta_);
     if (int st = check_input_file(ctx, name(), delta_); st != kExitOk) {
       return st;
     }
     return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
-      auto up = thin::apply_update(pool, name_, delta_, stage_);
+      const std::string next = name_ + ".next";
+      std::optional<thin::UpdateResult> done;
+      auto up = unless_exported(ctx, {next}, {name_}, force_ || stage_, [&]() -> Result<void> {
+        TP_ASSIGN_OR_RETURN(done, thin::apply_update(pool, name_, delta_, stage_));
+        return {};
+      });
       if (!up.ok()) {
-        // A bad delta, a wrong base or no space: the update failed, the pool is fine.
+        // A bad delta, a wrong base, no space or an export in the way: the update failed,
+        // the pool is fine.
         return ctx.fail(name(), name_, up.error().to_string(), kExitFailed);
       }
-      const thin::UpdateResult& u = *up;
-      const std::string next = name_ + ".next";
+      const thin::UpdateResult& u = *done;
       const uint64_t bb = pool.block_bytes();
       r.json = {{"volume", name_},
                 {"delta", delta_},
@@ -686,6 +699,7 @@ class UpdateCommand final : public Command {
  private:
   std::string name_, delta_;
   bool stage_ = false;
+  bool force_ = false;
 };
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "cli/pool_access.h"
 #include "cli/size.h"
 #include "cli/views.h"
+#include "daemon/serve.h"
 #include "pdata/format.h"
 
 extern char** environ;
@@ -87,6 +88,7 @@ class InitCommand final : public Command {
                          format_bytes(info.metadata_blocks * pdata::kBlockSize));
     return print_report(ctx, name(), r);
   }
+  bool through_daemon() const override { return false; }
 
  private:
   std::string size_;
@@ -231,23 +233,38 @@ class CheckCommand final : public Command {
   }
   void declare(CLI::App&) override {}
   int run(const Context& ctx) override {
-    std::unique_ptr<thin::Pool> pool;
-    if (int st = open_pool(ctx, name(), &pool); st != kExitOk) {
-      return st;
-    }
-    auto checked = pool->check();
-    if (!checked.ok()) {
-      return close_pool(ctx, name(), std::move(pool),
-                        ctx.fail(name(), ctx.pool_dir, checked.error()));
-    }
-    const thin::CheckResult res = std::move(checked).value();
-    // thin_check reads the metadata file: only after our commit and with the pool closed.
-    if (int st = close_pool(ctx, name(), std::move(pool), kExitOk); st != kExitOk) {
-      return st;
+    thin::CheckResult res;
+    std::string metadata = ctx.pool_dir + "/metadata";
+    if (ctx.served) {
+      // The daemon keeps committing: thin_check reads a copy of the committed metadata
+      // taken at the moment of our own check, under the pool's lock.
+      metadata = ctx.pool_dir + "/.check-metadata";
+      auto checked = ctx.served->pool.check(metadata);
+      if (!checked.ok()) {
+        ::unlink(metadata.c_str());
+        return ctx.fail(name(), ctx.pool_dir, checked.error());
+      }
+      res = std::move(checked).value();
+    } else {
+      std::unique_ptr<thin::Pool> pool;
+      if (int st = open_pool(ctx, name(), &pool); st != kExitOk) {
+        return st;
+      }
+      auto checked = pool->check();
+      if (!checked.ok()) {
+        return close_pool(ctx, name(), std::move(pool),
+                          ctx.fail(name(), ctx.pool_dir, checked.error()));
+      }
+      res = std::move(checked).value();
+      // thin_check reads the metadata file: only after our commit and with the pool closed.
+      if (int st = close_pool(ctx, name(), std::move(pool), kExitOk); st != kExitOk) {
+        return st;
+      }
     }
     std::vector<std::string> warnings = res.warnings;
     std::string why;
-    const ExternalCheck ext = run_thin_check(ctx.pool_dir + "/metadata", &why);
+    const ExternalCheck ext = run_thin_check(metadata, &why);
+    if (ctx.served) ::unlink(metadata.c_str());
     if (ext == ExternalCheck::kNotRun) {
       warnings.push_back("thin_check: " + why);
     }

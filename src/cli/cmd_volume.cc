@@ -59,11 +59,14 @@ class ListCommand final : public Command {
   int run(const Context& ctx) override {
     return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
       const auto vols = pool.list();
+      const auto exported = exported_volumes(ctx);
       r.json = nlohmann::json::array();
       for (const auto& v : vols) {
+        auto it = exported.find(v.name);
         r.json.push_back(volume_json(v, pool.block_bytes()));
+        r.json.back()["exported"] = it == exported.end() ? 0u : it->second;
       }
-      r.text = volumes_table(vols, pool.block_bytes());
+      r.text = volumes_table(vols, pool.block_bytes(), exported);
       return kExitOk;
     });
   }
@@ -172,15 +175,25 @@ class RemoveCommand final : public Command {
       return kExitUsage;
     }
     return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
+      const auto all = pool.list(/*counts=*/false);
       std::vector<std::string> before;
-      for (const auto& v : pool.list()) {
+      for (const auto& v : all) {
         before.push_back(v.name);
       }
-      if (auto rm = pool.remove(name_, recursive_); !rm.ok()) {
+      // What the remove takes away: NAME and, recursively, its snapshots.
+      std::vector<std::string> gone{name_};
+      for (size_t i = 0; recursive_ && i < gone.size(); i++) {
+        for (const auto& v : all) {
+          if (v.origin == gone[i]) gone.push_back(v.name);
+        }
+      }
+      auto rm =
+          unless_exported(ctx, gone, {}, false, [&] { return pool.remove(name_, recursive_); });
+      if (!rm.ok()) {
         return ctx.fail(name(), name_, rm.error());
       }
       std::vector<std::string> after;
-      for (const auto& v : pool.list()) {
+      for (const auto& v : pool.list(/*counts=*/false)) {
         after.push_back(v.name);
       }
       std::vector<std::string> removed;
@@ -223,7 +236,9 @@ class ResizeCommand final : public Command {
       return kExitUsage;
     }
     return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
-      if (auto rs = pool.resize(name_, *size); !rs.ok()) {
+      // A client would not see the new size (NBD has no resize notice): stop it first.
+      auto rs = unless_exported(ctx, {name_}, {}, false, [&] { return pool.resize(name_, *size); });
+      if (!rs.ok()) {
         return ctx.fail(name(), name_, rs.error());
       }
       return report_volume(ctx, name(), pool, name_,
@@ -462,6 +477,9 @@ class MergeCommand final : public Command {
   }
   void declare(CLI::App& sub) override {
     sub.add_option("SNAP", snap_, "Snapshot to merge into its origin")->required();
+    sub.add_flag("--force", force_,
+                 "Merge even while the origin is exported writable (clients see the new "
+                 "content at their next request)");
   }
   int run(const Context& ctx) override {
     if (!name_arg(ctx, name(), snap_)) {
@@ -473,7 +491,8 @@ class MergeCommand final : public Command {
         return ctx.fail(name(), snap_, snap.error());
       }
       const std::string origin = snap->origin;
-      if (auto m = pool.merge(snap_); !m.ok()) {
+      auto m = unless_exported(ctx, {snap_}, {origin}, force_, [&] { return pool.merge(snap_); });
+      if (!m.ok()) {
         return ctx.fail(name(), snap_, m.error());
       }
       return report_volume(ctx, name(), pool, origin,
@@ -484,6 +503,7 @@ class MergeCommand final : public Command {
 
  private:
   std::string snap_;
+  bool force_ = false;
 };
 
 // --- rollback ---------------------------------------------------------------------------
@@ -497,6 +517,9 @@ class RollbackCommand final : public Command {
   void declare(CLI::App& sub) override {
     sub.add_option("NAME", name_, "Volume to roll back")->required();
     sub.add_option("--to", snap_, "Snapshot whose content NAME takes")->required();
+    sub.add_flag("--force", force_,
+                 "Roll back even while NAME is exported writable (clients see the snapshot's "
+                 "content at their next request)");
   }
   int run(const Context& ctx) override {
     if (!name_arg(ctx, name(), name_) || !name_arg(ctx, name(), snap_)) {
@@ -509,7 +532,9 @@ class RollbackCommand final : public Command {
           return ctx.fail(name(), *n, v.error());
         }
       }
-      if (auto rb = pool.rollback(name_, snap_); !rb.ok()) {
+      auto rb =
+          unless_exported(ctx, {}, {name_}, force_, [&] { return pool.rollback(name_, snap_); });
+      if (!rb.ok()) {
         return ctx.fail(name(), name_, rb.error());
       }
       return report_volume(ctx, name(), pool, name_,
@@ -519,6 +544,7 @@ class RollbackCommand final : public Command {
 
  private:
   std::string name_, snap_;
+  bool force_ = false;
 };
 
 }  // namespace

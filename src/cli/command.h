@@ -35,6 +35,9 @@ class Command {
   // Runs the command after a successful parse; prints its output or one error line and
   // returns the exit status.
   virtual int run(const Context& ctx) = 0;
+  // Whether the command goes to the daemon when one serves the pool (init, serve and
+  // events do not).
+  virtual bool through_daemon() const { return true; }
 };
 
 using CommandList = std::vector<std::unique_ptr<Command>>;

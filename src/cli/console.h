@@ -13,6 +13,10 @@
 
 #include "io/result.h"
 
+namespace tp::daemon {
+struct Services;
+}
+
 namespace tp::cli {
 
 // Exit statuses (CLI.md).
@@ -35,6 +39,16 @@ struct Context {
   Console& con;
   std::string pool_dir;  // -p/--pool or THINPOOL_POOL
   bool json = false;
+  // Set when the daemon runs the command for a client of its control socket: the daemon's
+  // pool and exports are used instead of opening the pool, and relative paths are the
+  // client's (cwd).
+  const daemon::Services* served = nullptr;
+  std::string cwd;
+
+  // A file argument: relative to the client's directory when served.
+  std::string path(const std::string& p) const {
+    return served && !cwd.empty() && !p.empty() && p[0] != '/' ? cwd + "/" + p : p;
+  }
 
   // Prints the one-line message and returns the status for it.
   int fail(std::string_view command, std::string_view subject, const Error& e) const;

@@ -6,6 +6,10 @@
 #include <cstring>
 #include <ostream>
 
+#include "daemon/group_commit.h"
+#include "daemon/pool_export.h"
+#include "daemon/serve.h"
+
 namespace tp::cli {
 
 int print_report(const Context& ctx, std::string_view command, const Report& report) {
@@ -92,6 +96,16 @@ int close_pool(const Context& ctx, std::string_view command, std::unique_ptr<thi
 
 int with_pool(const Context& ctx, std::string_view command,
               const std::function<int(thin::Pool&, Report&)>& body) {
+  if (ctx.served) {
+    Report report;
+    int st = body(ctx.served->pool, report);
+    if (st == kExitOk) {
+      if (auto r = ctx.served->commit.flush(); !r.ok()) {
+        st = ctx.fail(command, ctx.pool_dir, r.error());
+      }
+    }
+    return st == kExitOk ? print_report(ctx, command, report) : st;
+  }
   std::unique_ptr<thin::Pool> pool;
   if (int st = open_pool(ctx, command, &pool); st != kExitOk) {
     return st;
@@ -103,6 +117,22 @@ int with_pool(const Context& ctx, std::string_view command,
     st = print_report(ctx, command, report);
   }
   return st;
+}
+
+Result<void> unless_exported(const Context& ctx, const std::vector<std::string>& gone,
+                             const std::vector<std::string>& rewritten, bool force,
+                             const std::function<Result<void>()>& op) {
+  if (!ctx.served) return op();
+  return ctx.served->exports.unless_open(gone, force ? std::vector<std::string>{} : rewritten, op);
+}
+
+std::map<std::string, unsigned> exported_volumes(const Context& ctx) {
+  std::map<std::string, unsigned> out;
+  if (!ctx.served) return out;
+  for (const auto& [name, use] : ctx.served->exports.uses()) {
+    out[name] = use.readers + use.writers;
+  }
+  return out;
 }
 
 }  // namespace tp::cli

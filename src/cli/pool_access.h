@@ -1,13 +1,15 @@
 #pragma once
 // Opening and closing the pool on behalf of a command, with the error reporting and exit
-// statuses of CLI.md. Later this is where a command is sent to the daemon's control socket
-// when `thinpool serve` holds the pool.
+// statuses of CLI.md; or, when the daemon runs the command for a control-socket client,
+// using the daemon's open pool (app.cc sends commands there when `thinpool serve` runs).
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "cli/console.h"
 #include "thin/pool.h"
@@ -41,8 +43,19 @@ int close_pool(const Context& ctx, std::string_view command, std::unique_ptr<thi
                int status);
 
 // open_pool, body, close_pool, then print_report if everything succeeded. body prints its
-// own error line and returns its status.
+// own error line and returns its status. When the daemon runs the command (ctx.served),
+// body gets the daemon's pool and its changes are committed before the report.
 int with_pool(const Context& ctx, std::string_view command,
               const std::function<int(thin::Pool&, Report&)>& body);
+
+// Runs op, unless the daemon runs this command and an NBD client has one of `gone` open, or
+// (without force) one of `rewritten` open writable: kBusy then (SEMANTICS.md: remove refuses
+// exported volumes; merge and rollback refuse an origin exported writable unless --force).
+Result<void> unless_exported(const Context& ctx, const std::vector<std::string>& gone,
+                             const std::vector<std::string>& rewritten, bool force,
+                             const std::function<Result<void>()>& op);
+
+// Open NBD connections per volume when the daemon runs this command (empty offline).
+std::map<std::string, unsigned> exported_volumes(const Context& ctx);
 
 }  // namespace tp::cli

@@ -125,16 +125,19 @@ nlohmann::json volume_json(const thin::VolumeInfo& v, uint32_t block_bytes) {
   return j;
 }
 
-std::string volumes_table(const std::vector<thin::VolumeInfo>& vols, uint32_t block_bytes) {
+std::string volumes_table(const std::vector<thin::VolumeInfo>& vols, uint32_t block_bytes,
+                          const std::map<std::string, unsigned>& exported) {
   const uint64_t bb = block_bytes;
-  Table t(
-      {"NAME", "ID", "SIZE", "ORIGIN", "MAPPED", "EXCLUSIVE", "GUARANTEED", "RESERVED", "WRITABLE"},
-      {false, true, true, false, true, true, true, true, false});
+  Table t({"NAME", "ID", "SIZE", "ORIGIN", "MAPPED", "EXCLUSIVE", "GUARANTEED", "RESERVED",
+           "WRITABLE", "EXPORTED"},
+          {false, true, true, false, true, true, true, true, false, true});
   for (const auto& v : vols) {
+    auto it = exported.find(v.name);
     t.add({v.name, std::to_string(v.dev_id), format_bytes(v.size_bytes),
            v.origin.empty() ? "-" : v.origin, format_bytes(v.mapped_blocks * bb),
            format_bytes(v.exclusive_blocks * bb), format_bytes(v.guaranteed_blocks * bb),
-           format_bytes(v.reserved_blocks * bb), v.read_only ? "no" : "yes"});
+           format_bytes(v.reserved_blocks * bb), v.read_only ? "no" : "yes",
+           it == exported.end() ? "-" : std::to_string(it->second)});
   }
   std::ostringstream os;
   t.print(os);

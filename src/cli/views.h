@@ -2,6 +2,7 @@
 // How pools and volumes look on the command line: JSON objects with stable field names
 // in bytes (CLI.md: scripts never parse human units) and human tables.
 
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -26,7 +27,9 @@ std::string pool_info_text(const std::string& dir, const thin::PoolInfo& info);
 //  explicit_reserved_bytes, writable, read_only, created_unix}; origin is null for a volume
 //  that is not a snapshot. reserved_bytes = R(v) = G(v) + E(v).
 nlohmann::json volume_json(const thin::VolumeInfo& v, uint32_t block_bytes);
-// NAME ID SIZE ORIGIN MAPPED EXCLUSIVE GUARANTEED RESERVED WRITABLE
-std::string volumes_table(const std::vector<thin::VolumeInfo>& vols, uint32_t block_bytes);
+// NAME ID SIZE ORIGIN MAPPED EXCLUSIVE GUARANTEED RESERVED WRITABLE EXPORTED; exported:
+// open NBD connections per volume (absent: none).
+std::string volumes_table(const std::vector<thin::VolumeInfo>& vols, uint32_t block_bytes,
+                          const std::map<std::string, unsigned>& exported = {});
 
 }  // namespace tp::cli

@@ -21,7 +21,7 @@ bool PoolCatalog::exported(const std::string& name) const {
 
 std::vector<nbd::ExportEntry> PoolCatalog::list() {
   std::vector<nbd::ExportEntry> out;
-  for (const thin::VolumeInfo& v : pool_.list()) {
+  for (const thin::VolumeInfo& v : pool_.list(/*counts=*/false)) {
     if (!exported(v.name)) continue;
     std::string d = "thinpool volume";
     if (!v.origin.empty()) d = "thinpool snapshot of " + v.origin;
@@ -39,19 +39,60 @@ std::string PoolCatalog::default_export() {
 
 Result<std::unique_ptr<nbd::BlockTarget>> PoolCatalog::open(const std::string& name) {
   if (!exported(name)) return make_error(Errc::kNotFound, "not exported");
-  TP_ASSIGN_OR_RETURN(thin::VolumeInfo v, pool_.volume(name));
-  return std::unique_ptr<nbd::BlockTarget>(std::make_unique<PoolTarget>(pool_, commit_, v));
+  std::lock_guard lk(mu_);
+  TP_ASSIGN_OR_RETURN(thin::VolumeInfo v, pool_.volume(name, /*counts=*/false));
+  ExportUse& u = uses_[name];
+  (v.read_only ? u.readers : u.writers)++;
+  return std::unique_ptr<nbd::BlockTarget>(std::make_unique<PoolTarget>(pool_, commit_, v, this));
+}
+
+void PoolCatalog::closed(const std::string& name, bool writer) {
+  std::lock_guard lk(mu_);
+  auto it = uses_.find(name);
+  if (it == uses_.end()) return;
+  (writer ? it->second.writers : it->second.readers)--;
+  if (it->second.readers == 0 && it->second.writers == 0) uses_.erase(it);
+}
+
+std::map<std::string, ExportUse> PoolCatalog::uses() {
+  std::lock_guard lk(mu_);
+  return uses_;
+}
+
+Result<void> PoolCatalog::unless_open(const std::vector<std::string>& gone,
+                                      const std::vector<std::string>& rewritten,
+                                      const std::function<Result<void>()>& op) {
+  std::lock_guard lk(mu_);
+  for (const std::string& n : gone) {
+    if (uses_.count(n)) {
+      return make_error(Errc::kBusy, "volume is exported: an NBD client has it open");
+    }
+  }
+  for (const std::string& n : rewritten) {
+    auto it = uses_.find(n);
+    if (it != uses_.end() && it->second.writers > 0) {
+      return make_error(Errc::kBusy,
+                        "volume is exported writable: an NBD client has it open (--force)");
+    }
+  }
+  return op();
 }
 
 // ------------------------------------------------------------------ PoolTarget
 
-PoolTarget::PoolTarget(thin::Pool& pool, GroupCommit& commit, const thin::VolumeInfo& v)
+PoolTarget::PoolTarget(thin::Pool& pool, GroupCommit& commit, const thin::VolumeInfo& v,
+                       PoolCatalog* owner)
     : pool_(pool),
       commit_(commit),
+      owner_(owner),
       name_(v.name),
       dev_(v.dev_id),
       size_(v.size_bytes),
       read_only_(v.read_only) {}
+
+PoolTarget::~PoolTarget() {
+  if (owner_) owner_->closed(name_, !read_only_);
+}
 
 Result<void> PoolTarget::wrote(Result<void> r) {
   if (r.ok()) commit_.note_write();
@@ -94,7 +135,7 @@ Result<std::vector<nbd::StatusExtent>> PoolTarget::block_status(uint64_t off, ui
 
 std::vector<std::string> PoolTarget::delta_bases() {
   std::vector<std::string> out;
-  for (const thin::VolumeInfo& v : pool_.list()) {
+  for (const thin::VolumeInfo& v : pool_.list(/*counts=*/false)) {
     if (v.name != name_) out.push_back(v.name);
   }
   return out;

@@ -9,7 +9,10 @@
 //
 // Thread-safety: as thin::Pool (every method from any thread).
 
+#include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -18,6 +21,12 @@
 #include "thin/pool.h"
 
 namespace tp::daemon {
+
+// How many connections have a volume open.
+struct ExportUse {
+  unsigned readers = 0;  // read-only exports
+  unsigned writers = 0;  // writable exports
+};
 
 class PoolCatalog : public nbd::ExportCatalog {
  public:
@@ -30,19 +39,35 @@ class PoolCatalog : public nbd::ExportCatalog {
   std::string default_export() override;
   Result<std::unique_ptr<nbd::BlockTarget>> open(const std::string& name) override;
 
+  // Open connections per volume (volumes with none are absent).
+  std::map<std::string, ExportUse> uses();
+  // Runs op unless a client has one of `gone` open, or one of `rewritten` open through a
+  // writable export: kBusy then. No connection can open a volume while op runs (remove,
+  // merge and rollback change what an export would see).
+  Result<void> unless_open(const std::vector<std::string>& gone,
+                           const std::vector<std::string>& rewritten,
+                           const std::function<Result<void>()>& op);
+
  private:
+  friend class PoolTarget;
   bool exported(const std::string& name) const;
+  void closed(const std::string& name, bool writer);
 
   thin::Pool& pool_;
   GroupCommit& commit_;
   std::vector<std::string> exports_;
   std::string default_;
+  std::mutex mu_;  // uses_; held across unless_open's op
+  std::map<std::string, ExportUse> uses_;
 };
 
 // One export of one volume (exposed for tests; PoolCatalog::open makes them).
 class PoolTarget : public nbd::BlockTarget {
  public:
-  PoolTarget(thin::Pool& pool, GroupCommit& commit, const thin::VolumeInfo& v);
+  // owner: the catalog counting this export's connection (none in tests).
+  PoolTarget(thin::Pool& pool, GroupCommit& commit, const thin::VolumeInfo& v,
+             PoolCatalog* owner = nullptr);
+  ~PoolTarget() override;
 
   uint64_t size() const override { return size_; }
   bool read_only() const override { return read_only_; }
@@ -64,6 +89,7 @@ class PoolTarget : public nbd::BlockTarget {
 
   thin::Pool& pool_;
   GroupCommit& commit_;
+  PoolCatalog* owner_;
   std::string name_;
   uint64_t dev_;
   uint64_t size_;

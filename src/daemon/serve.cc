@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <new>
 
+#include "daemon/events.h"
 #include "daemon/group_commit.h"
 #include "daemon/pool_export.h"
 #include "nbd/logger.h"
@@ -129,12 +130,47 @@ int serve_impl(const ServeOptions& opts) {
   GroupCommit commit([&pool] { return pool->flush(); });
   PoolCatalog catalog(*pool, commit, opts.exports, opts.default_export);
 
+  EventBus events;
+  pool->set_event_listener([&events, &log](const thin::PoolEvent& e) {
+    log.info("serve: pool state {} (was {}; {} of {} blocks unreserved)",
+             thin::pool_state_name(e.state), thin::pool_state_name(e.previous), e.unreserved_blocks,
+             e.nr_blocks);
+    events.publish({{"event", "state"},
+                    {"state", thin::pool_state_name(e.state)},
+                    {"previous", thin::pool_state_name(e.previous)},
+                    {"unreserved_blocks", e.unreserved_blocks},
+                    {"nr_blocks", e.nr_blocks}});
+  });
+  Services services{*pool, commit, catalog};
+  const std::string control_path =
+      opts.control_path.empty() ? opts.pool_dir + "/control.sock" : opts.control_path;
+  ControlServer control(
+      control_path, opts.runner ? opts.runner(services) : CommandRunner{}, events, [&] {
+        nlohmann::json exports = nlohmann::json::array();
+        for (const auto& [name, use] : catalog.uses()) {
+          exports.push_back({{"name", name}, {"readers", use.readers}, {"writers", use.writers}});
+        }
+        return nlohmann::json{{"pid", ::getpid()},
+                              {"pool", opts.pool_dir},
+                              {"state", thin::pool_state_name(pool->info().state)},
+                              {"events_published", events.published()},
+                              {"exports", exports}};
+      });
+  if (auto r = control.start(); !r.ok()) {
+    log.error("serve: control socket {}: {}", control_path, r.error().to_string());
+    pool->set_event_listener(nullptr);
+    (void)pool->close();
+    return r.error().code == Errc::kInvalidArgument ? 2 : 1;
+  }
+
   nbd::ServerOptions so;
   so.unix_path = opts.socket_path.empty() ? opts.pool_dir + "/nbd.sock" : opts.socket_path;
   so.tcp_listen = opts.listen;
   nbd::Server server(catalog, log, so);
   if (auto r = server.start(); !r.ok()) {
     log.error("serve: cannot listen: {}", r.error().to_string());
+    control.stop();
+    pool->set_event_listener(nullptr);
     (void)pool->close();
     return r.error().code == Errc::kInvalidArgument ? 2 : 1;
   }
@@ -152,8 +188,11 @@ int serve_impl(const ServeOptions& opts) {
 
   signals.wait();
   log.info("serve: stopping");
-  server.stop();  // no new requests; those in flight are answered
+  control.stop();  // commands in progress finish first
+  server.stop();   // no new requests; those in flight are answered
   commit.stop_background();
+  events.close();
+  pool->set_event_listener(nullptr);
   int rc = 0;
   if (auto r = pool->close(); !r.ok()) {  // the final commit
     log.error("serve: final commit failed: {}", r.error().to_string());

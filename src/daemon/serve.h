@@ -5,10 +5,29 @@
 // final commit) happens here.
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "daemon/control.h"
+
+namespace tp::thin {
+class Pool;
+}
+
 namespace tp::daemon {
+
+class GroupCommit;
+class PoolCatalog;
+
+// What a command run through the control socket may use: the daemon's open pool, its group
+// commit (a command's changes are committed before it answers), and the exports (remove,
+// merge and rollback refuse volumes that clients have open).
+struct Services {
+  thin::Pool& pool;
+  GroupCommit& commit;
+  PoolCatalog& exports;
+};
 
 struct ServeOptions {
   std::string pool_dir;
@@ -21,10 +40,15 @@ struct ServeOptions {
   // Writes are committed at most this often when no client flushes (DESIGN.md durability:
   // "metadata commits on flush, and at most every second otherwise").
   std::chrono::milliseconds commit_interval{1000};
+  // The control socket ("" means pool_dir + "/control.sock") and what runs its "run"
+  // requests (the CLI passes its own commands; none: "run" is refused).
+  std::string control_path;
+  std::function<CommandRunner(Services&)> runner;
 };
 
 // Serves until SIGINT/SIGTERM, then stops accepting, finishes requests in flight, commits
-// and closes the pool. When ready it prints one line to stderr:
+// and closes the pool. Pool state changes (ok, low, full, read-only) go to the control
+// socket's event stream and to the log. When ready it prints one line to stderr:
 //   serving N exports on SOCKET
 // Returns the exit status (docs/CLI.md): 0 after a clean stop; 1 when the pool is busy, the
 // socket is taken, a named export does not exist, or the final commit fails; 2 for a bad

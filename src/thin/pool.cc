@@ -204,6 +204,7 @@ Result<void> Pool::commit_locked() {
   // metadata that maps it.
   if (auto r = data_->flush(); !r.ok()) {
     failed_ = true;
+    note_state_locked();
     return r;
   }
   if (!dirty_ && md_->data_sm().nr_pending_free() == 0) return {};
@@ -212,11 +213,13 @@ Result<void> Pool::commit_locked() {
   // metadata transaction with the superblock last.
   if (auto r = catfile_->write(cat_, next); !r.ok()) {
     failed_ = true;
+    note_state_locked();
     return r;
   }
   md_->set_trans_id(next);
   if (auto r = md_->commit(); !r.ok()) {
     failed_ = true;
+    note_state_locked();
     return r;
   }
   dirty_ = false;
@@ -233,6 +236,7 @@ Result<void> Pool::abort_locked(const Error& e) {
   // The in-core state is half changed: refuse further changes until the pool is reopened
   // (which returns it to the last commit).
   failed_ = true;
+  note_state_locked();
   return e;
 }
 
@@ -296,17 +300,37 @@ PoolInfo Pool::info() {
   i.low_water_percent = cat_.settings.low_water_percent;
   i.volumes = cat_.volumes.size();
   i.data_file_allocated_bytes = data_->allocated_bytes();
-  if (failed_ || md_->nr_free_metadata_blocks() < kMetadataSlice) {
-    i.state = PoolState::kReadOnly;  // a failed commit, or metadata space exhausted
-  } else if (i.unreserved_blocks == 0) {
-    i.state = PoolState::kFull;
-  } else if (i.unreserved_blocks * 100 < uint64_t{i.low_water_percent} * i.nr_blocks) {
-    i.state = PoolState::kLow;
-  }
+  i.state = state_locked();
   return i;
 }
 
-std::vector<VolumeInfo> Pool::list() {
+PoolState Pool::state_locked() const {
+  if (failed_ || md_->nr_free_metadata_blocks() < kMetadataSlice) {
+    return PoolState::kReadOnly;  // a failed commit, or metadata space exhausted
+  }
+  const uint64_t unreserved = unreserved_locked();
+  if (unreserved == 0) return PoolState::kFull;
+  if (unreserved * 100 < uint64_t{cat_.settings.low_water_percent} * md_->nr_data_blocks()) {
+    return PoolState::kLow;
+  }
+  return PoolState::kOk;
+}
+
+void Pool::note_state_locked() {
+  const PoolState now = state_locked();
+  if (now == last_state_) return;
+  PoolEvent ev{now, last_state_, unreserved_locked(), md_->nr_data_blocks()};
+  last_state_ = now;
+  if (listener_) listener_(ev);
+}
+
+void Pool::set_event_listener(std::function<void(const PoolEvent&)> listener) {
+  std::lock_guard lk(mu_);
+  listener_ = std::move(listener);
+  last_state_ = state_locked();
+}
+
+std::vector<VolumeInfo> Pool::list(bool counts) {
   std::vector<std::string> names;
   {
     std::lock_guard lk(mu_);
@@ -314,13 +338,13 @@ std::vector<VolumeInfo> Pool::list() {
   }
   std::vector<VolumeInfo> out;
   for (auto& n : names) {
-    auto v = volume(n);
+    auto v = volume(n, counts);
     if (v.ok()) out.push_back(*v);
   }
   return out;
 }
 
-Result<VolumeInfo> Pool::volume(const std::string& name) {
+Result<VolumeInfo> Pool::volume(const std::string& name, bool counts) {
   std::lock_guard lk(mu_);
   TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
   VolumeInfo vi;
@@ -330,6 +354,7 @@ Result<VolumeInfo> Pool::volume(const std::string& name) {
   vi.origin = rec->origin;
   vi.read_only = rec->read_only;
   vi.created_unix = rec->created_unix;
+  if (!counts) return vi;
   TP_ASSIGN_OR_RETURN(auto det, md_->details(rec->dev_id));
   vi.mapped_blocks = det.mapped_blocks;
   uint64_t excl = 0;
@@ -805,7 +830,7 @@ Result<std::vector<DeltaRange>> Pool::delta(const std::string& a, const std::str
   return out;
 }
 
-Result<CheckResult> Pool::check() {
+Result<CheckResult> Pool::check(const std::string& metadata_copy) {
   std::unique_lock lk(mu_);
   io_done_.wait(lk, [&] { return inflight_ == 0; });
   if (dirty_) TP_TRY(commit_locked());
@@ -860,7 +885,26 @@ Result<CheckResult> Pool::check() {
     res.damage.push_back("space invariant broken: " + std::to_string(reserved) +
                          " blocks reserved, " + std::to_string(free_locked()) + " free");
   }
+  if (!metadata_copy.empty()) TP_TRY(copy_metadata_locked(metadata_copy));
   return res;
+}
+
+// The committed metadata, byte for byte (nothing is dirty: check() committed first).
+Result<void> Pool::copy_metadata_locked(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return sys_error("cannot create the metadata copy");
+  std::vector<std::byte> buf(1 << 20);
+  Result<void> r;
+  for (uint64_t off = 0; r.ok() && off < meta_dev_->size(); off += buf.size()) {
+    auto chunk = std::span(buf).first(std::min<uint64_t>(buf.size(), meta_dev_->size() - off));
+    r = meta_dev_->read(off, chunk);
+    if (r.ok() && ::pwrite(fd, chunk.data(), chunk.size(), static_cast<off_t>(off)) !=
+                      static_cast<ssize_t>(chunk.size())) {
+      r = sys_error("cannot write the metadata copy", off);
+    }
+  }
+  ::close(fd);
+  return r;
 }
 
 }  // namespace tp::thin

@@ -57,6 +57,14 @@ uint64_t default_metadata_bytes(uint64_t data_bytes, uint32_t block_bytes);
 enum class PoolState { kOk, kLow, kFull, kReadOnly };
 const char* pool_state_name(PoolState s);
 
+// A change of the pool's state (SEMANTICS.md "Pool states"), for the daemon's event stream.
+struct PoolEvent {
+  PoolState state = PoolState::kOk;
+  PoolState previous = PoolState::kOk;
+  uint64_t unreserved_blocks = 0;
+  uint64_t nr_blocks = 0;
+};
+
 struct ClassSpace {
   uint64_t guaranteed_blocks = 0;  // blocks in guarantees of this class
   uint64_t reserved_blocks = 0;    // of those, unmapped or shared (held back for them)
@@ -140,8 +148,10 @@ class Pool {
   uint32_t block_bytes() const { return block_bytes_; }
 
   PoolInfo info();
-  std::vector<VolumeInfo> list();
-  Result<VolumeInfo> volume(const std::string& name);
+  // counts=false fills only what the catalog holds (name, dev_id, size, origin, read_only,
+  // created): O(1) per volume, for the NBD handshake; the block counts walk the tree.
+  std::vector<VolumeInfo> list(bool counts = true);
+  Result<VolumeInfo> volume(const std::string& name, bool counts = true);
   // dev id of a volume by name.
   Result<uint64_t> dev_id(const std::string& name);
 
@@ -175,6 +185,9 @@ class Pool {
   // pool; each crossing is counted in info() and runs hook (sh -c, THINPOOL_EVENT=low,
   // THINPOOL_POOL=DIR) without waiting for it. Persisted in the catalog.
   Result<void> set_low_water(uint32_t percent, const std::string& hook);
+  // listener is called on every change of state (ok, low, full, read-only), under the
+  // pool's lock: it must be quick and must not call back into the pool. Not persisted.
+  void set_event_listener(std::function<void(const PoolEvent&)> listener);
   // NBD WRITE_ZEROES with NO_HOLE: the range reads as zeros and is provisioned.
   Result<void> provision_zero(uint64_t dev, uint64_t off, uint64_t len);
 
@@ -192,8 +205,10 @@ class Pool {
   // Where A and B differ; skips subtrees the two share.
   Result<std::vector<DeltaRange>> delta(const std::string& a, const std::string& b);
 
-  // Full check: metadata (trees, reference counts), catalog against metadata.
-  Result<CheckResult> check();
+  // Full check: metadata (trees, reference counts), catalog against metadata. With
+  // metadata_copy, the committed metadata checked is also copied to that file (for
+  // thin_check while the pool stays open and serving).
+  Result<CheckResult> check(const std::string& metadata_copy = "");
 
   // For tests and benchmarks.
   pdata::ThinMetadata& metadata() { return *md_; }
@@ -250,6 +265,10 @@ class Pool {
   Result<void> provision_locked(const std::string& name, uint64_t vb_begin, uint64_t vb_end,
                                 catalog::ProvisionClass cls, bool zero_content);
   void note_space_locked();
+  PoolState state_locked() const;
+  Result<void> copy_metadata_locked(const std::string& path);
+  // Reports a change of state_locked() to the event listener.
+  void note_state_locked();
   // dev's mapping of vb to old_block was replaced or removed. Sharing is always at the same
   // virtual block (snapshots, merge and rollback keep addresses), so any guaranteed volume
   // that still maps vb to old_block may now hold it alone: its G shrinks by one.
@@ -268,6 +287,8 @@ class Pool {
   uint64_t reserved_ = 0;           // sum of G(v) + E(v)
   bool low_ = false;                // below the low-water mark at the last check
   uint64_t low_crossings_ = 0;
+  PoolState last_state_ = PoolState::kOk;
+  std::function<void(const PoolEvent&)> listener_;
   std::vector<int> hook_pids_;  // low-water hook processes not yet reaped
   bool dirty_ = false;          // uncommitted changes
   bool failed_ = false;         // a commit failed: read-only until reopened

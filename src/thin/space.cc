@@ -104,6 +104,7 @@ void Pool::note_space_locked() {
     }
   }
   low_ = low;
+  note_state_locked();
   // Reap finished hooks without waiting.
   std::erase_if(hook_pids_, [](pid_t p) { return ::waitpid(p, nullptr, WNOHANG) == p; });
 }
