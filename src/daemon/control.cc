@@ -185,12 +185,18 @@ void ControlServer::accept_loop() {
         ++it;
       }
     }
+    if (conns_.size() >= kMaxConnections) {
+      (void)write_line(fd, error_reply("too many control connections").dump());
+      ::close(fd);
+      continue;
+    }
     auto c = std::make_unique<Conn>();
     c->fd = fd;
     Conn& ref = *c;
     conns_.push_back(std::move(c));
     ref.thread = std::thread([this, &ref] {
       serve(ref);
+      ::shutdown(ref.fd, SHUT_RDWR);  // the client sees the end now; close() when reaped
       ref.done = true;
     });
   }

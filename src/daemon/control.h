@@ -11,7 +11,8 @@
 //
 // The socket is created owner-only (0600) and a peer whose uid is neither the daemon's nor
 // root's is refused (SO_PEERCRED), so only the pool's owner can change it. A request line is
-// capped (kMaxRequest); a client that sends nothing for kIdleTimeout is dropped. "run"
+// capped (kMaxRequest), so are the connections (kMaxConnections); a client that sends
+// nothing for kIdleTimeout is dropped. "run"
 // requests are serialised: one command at a time, while NBD I/O goes on.
 //
 // Thread-safety: start()/stop() from one thread; handle() from any thread.
@@ -47,6 +48,7 @@ class ControlServer {
  public:
   static constexpr size_t kMaxRequest = 1 << 20;
   static constexpr size_t kMaxArgs = 256;
+  static constexpr size_t kMaxConnections = 64;  // more are told so and closed
   static constexpr std::chrono::seconds kIdleTimeout{60};
 
   // run: executes "run" requests (none: they are refused); status: the "status" reply.
