@@ -143,10 +143,16 @@ std::vector<std::string> PoolTarget::delta_bases() {
 
 Result<std::vector<nbd::StatusExtent>> PoolTarget::delta_status(const std::string& base,
                                                                 uint64_t off, uint64_t len) {
-  TP_ASSIGN_OR_RETURN(std::vector<thin::DeltaRange> d, pool_.delta(base, name_));
-  std::sort(d.begin(), d.end(), [](const auto& a, const auto& b) { return a.offset < b.offset; });
+  // Only the requested range is compared, and a reply holds at most kMaxStatusDescriptors
+  // extents: the cost is bounded by the request, not by the volume.
+  constexpr size_t kMaxRanges = nbd::kMaxStatusDescriptors / 2;
+  TP_ASSIGN_OR_RETURN(std::vector<thin::DeltaRange> d,
+                      pool_.delta(base, name_, off, len, kMaxRanges));
   std::vector<nbd::StatusExtent> out;
-  const uint64_t end = off + len;
+  uint64_t end = off + len;
+  // Possibly cut short: the reply ends with the last range found (a shorter reply is
+  // allowed; the client asks again from there).
+  if (d.size() == kMaxRanges) end = std::min(end, d.back().offset + d.back().length);
   uint64_t pos = off;
   auto add = [&](uint64_t a, uint64_t b, uint32_t flags) {
     if (a >= b) return;

@@ -125,9 +125,11 @@ namespace tp::pdata {
 // in one only, or with different value bytes), in key order. Subtrees that both trees
 // share (the same block) are skipped without being read, so the cost grows with the
 // changed part of the trees, not their size. a or b is nullptr where the key is absent.
+// Only keys in [lo, hi] are compared: the cost is then the tree height plus the changed
+// part of that range. The visitor returns false to stop early.
 using DiffVisitor =
     std::function<Result<bool>(uint64_t key, const std::byte* a, const std::byte* b)>;
 Result<void> btree_diff(BlockManager& bm, uint64_t root_a, uint64_t root_b, uint32_t value_size,
-                        const DiffVisitor& fn);
+                        const DiffVisitor& fn, uint64_t lo = 0, uint64_t hi = ~uint64_t{0});
 
 }  // namespace tp::pdata

@@ -110,9 +110,10 @@ class Differ {
 }  // namespace
 
 Result<void> btree_diff(BlockManager& bm, uint64_t root_a, uint64_t root_b, uint32_t value_size,
-                        const DiffVisitor& fn) {
+                        const DiffVisitor& fn, uint64_t lo, uint64_t hi) {
+  if (lo > hi) return {};
   Differ d(bm, value_size, fn);
-  TP_TRY(d.diff(root_a, root_b, 0, ~uint64_t{0}, 0));
+  TP_TRY(d.diff(root_a, root_b, lo, hi, 0));
   return {};
 }
 

@@ -798,7 +798,8 @@ Result<std::vector<Extent>> Pool::extents(uint64_t dev, uint64_t off, uint64_t l
 
 // ---------------------------------------------------------------- delta and check
 
-Result<std::vector<DeltaRange>> Pool::delta(const std::string& a, const std::string& b) {
+Result<std::vector<DeltaRange>> Pool::delta(const std::string& a, const std::string& b,
+                                            uint64_t off, uint64_t len, size_t max_ranges) {
   std::lock_guard lk(mu_);
   TP_ASSIGN_OR_RETURN(auto* ra, record_locked(a));
   TP_ASSIGN_OR_RETURN(auto* rb, record_locked(b));
@@ -806,6 +807,9 @@ Result<std::vector<DeltaRange>> Pool::delta(const std::string& a, const std::str
   TP_ASSIGN_OR_RETURN(uint64_t root_b, md_->device_root(rb->dev_id));
   std::vector<DeltaRange> out;
   const uint64_t B = block_bytes_;
+  if (len == 0 || max_ranges == 0) return out;
+  const uint64_t lo = off / B;
+  const uint64_t hi = len > ~uint64_t{0} - off ? ~uint64_t{0} : (off + len - 1) / B;
   TP_TRY(pdata::btree_diff(
       md_->bm(), root_a, root_b, 8,
       [&](uint64_t vb, const std::byte* va, const std::byte* vb_) -> Result<bool> {
@@ -822,11 +826,13 @@ Result<std::vector<DeltaRange>> Pool::delta(const std::string& a, const std::str
         if (!out.empty() && std::strcmp(out.back().kind, kind) == 0 &&
             out.back().offset + out.back().length == vb * B) {
           out.back().length += B;
-        } else {
-          out.push_back({vb * B, B, kind});
+          return true;
         }
+        if (out.size() == max_ranges) return false;
+        out.push_back({vb * B, B, kind});
         return true;
-      }));
+      },
+      lo, hi));
   return out;
 }
 

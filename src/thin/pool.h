@@ -202,8 +202,12 @@ class Pool {
 
   // Mapped/unmapped runs covering [off, off+len). O(mapped blocks in the range).
   Result<std::vector<Extent>> extents(uint64_t dev, uint64_t off, uint64_t len);
-  // Where A and B differ; skips subtrees the two share.
-  Result<std::vector<DeltaRange>> delta(const std::string& a, const std::string& b);
+  // Where A and B differ; skips subtrees the two share. With a byte range, only the blocks
+  // it touches are compared (cost: tree height + changes in the range), and at most
+  // max_ranges ranges are returned (the first ones).
+  Result<std::vector<DeltaRange>> delta(const std::string& a, const std::string& b,
+                                        uint64_t off = 0, uint64_t len = ~uint64_t{0},
+                                        size_t max_ranges = ~size_t{0});
 
   // Full check: metadata (trees, reference counts), catalog against metadata. With
   // metadata_copy, the committed metadata checked is also copied to that file (for

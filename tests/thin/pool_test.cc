@@ -240,6 +240,33 @@ TEST(PoolOracle, ThinLsAndThinDeltaAgree) {
   }
   EXPECT_FALSE(want.empty());
   EXPECT_EQ(got, want);
+
+  // A byte range compares only the blocks it touches: every window agrees with the full
+  // delta clipped to it; max_ranges keeps the first ranges.
+  const uint64_t vol_bytes = *p->size_of(a);
+  for (uint64_t off : std::vector<uint64_t>{0, kB / 2, 5 * kB + 7, vol_bytes / 3}) {
+    for (uint64_t len : std::vector<uint64_t>{1, kB, 17 * kB + 3, vol_bytes}) {
+      auto w = p->delta("a", "b", off, len);
+      ASSERT_TRUE(w.ok());
+      std::map<uint64_t, std::string> in_window, clipped;
+      for (auto& r : *w) {
+        for (uint64_t o = r.offset; o < r.offset + r.length; o += kB) in_window[o / kB] = r.kind;
+      }
+      const uint64_t first = off / kB, last = (off + len - 1) / kB;
+      for (auto& [blk, kind] : want) {
+        if (blk >= first && blk <= last) clipped[blk] = kind;
+      }
+      EXPECT_EQ(in_window, clipped) << off << "+" << len;
+    }
+  }
+  auto two = p->delta("a", "b", 0, vol_bytes, 2);
+  ASSERT_TRUE(two.ok());
+  ASSERT_LE(two->size(), 2u);
+  ASSERT_GE(d->size(), two->size());
+  for (size_t i = 0; i < two->size(); i++) {
+    EXPECT_EQ((*two)[i].offset, (*d)[i].offset);
+    EXPECT_EQ((*two)[i].length, (*d)[i].length);
+  }
 }
 
 TEST(PoolSpace, RemoveFreesBlocksAndShrinksDataFile) {
