@@ -56,6 +56,7 @@ numjobs=4
 fsync=16
 verify=crc32c
 verify_fatal=1
+verify_state_save=0
 
 ; At the same time, 2 more connections discard the fill, whole 64K blocks at random.
 [trim]
@@ -80,8 +81,8 @@ verify_fatal=1
 EOF
 rc=0
 # libnbd's debug log shows every command fio sends: count the FLUSHes and TRIMs.
-LIBNBD_DEBUG=1 timeout 300 fio --output-format=json --output="$T/fio.json" "$T/job.fio" \
-  2>"$T/fio.log" || rc=$?
+(cd "$T" && LIBNBD_DEBUG=1 timeout 300 fio --output-format=json --output="$T/fio.json" \
+  "$T/job.fio" 2>"$T/fio.log") || rc=$?
 [ "$rc" -eq 0 ] || fail "fio exited with $rc: $(grep -v 'libnbd: debug' "$T/fio.log" | tail -n 20)"
 grep -o 'nbd_aio_[a-z_]*: enter' "$T/fio.log" | sort | uniq -c >"$T/calls.txt"
 rm -f "$T/fio.log"
