@@ -236,8 +236,9 @@ struct Assessment {
 };
 
 // Opens the pool (or uses the daemon's), checks it, closes it and runs thin_check on the
-// metadata. With damaged_ok, a pool that does not open because its metadata or catalog is
-// damaged is an assessment (open_failed), not an error.
+// metadata. Corruption met by the check is damage in the assessment; a pool that does not
+// open because its metadata or catalog is damaged is too with damaged_ok (open_failed), else
+// an error (exit 3).
 Assessment assess(const Context& ctx, std::string_view command, bool damaged_ok) {
   Assessment a;
   std::string metadata = ctx.pool_dir + "/metadata";
@@ -258,17 +259,26 @@ Assessment assess(const Context& ctx, std::string_view command, bool damaged_ok)
       return a;
     }
     auto opened = thin::Pool::open(ctx.pool_dir);
-    if (!opened.ok() && damaged_ok && opened.error().code == Errc::kCorruption) {
+    if (!opened.ok() && opened.error().code == Errc::kCorruption) {
+      if (!damaged_ok) {
+        a.status = ctx.fail(command, ctx.pool_dir,
+                            "damaged pool: " + opened.error().to_string() + " (see check --repair)",
+                            kExitDamaged);
+        return a;
+      }
       a.open_failed = true;
       a.res.damage.push_back("the pool does not open: " + opened.error().to_string());
     } else {
       std::unique_ptr<thin::Pool> pool;
-      if (int st = open_pool(ctx, command, &pool); st != kExitOk) {
+      if (opened.ok()) {
+        pool = std::move(opened).value();
+      } else if (int st = open_pool(ctx, command, &pool); st != kExitOk) {
+        // open_pool reports the error (it fails the same way again).
         a.status = st;
         return a;
       }
       auto checked = pool->check();
-      if (!checked.ok() && damaged_ok && checked.error().code == Errc::kCorruption) {
+      if (!checked.ok() && checked.error().code == Errc::kCorruption) {
         a.res.damage.push_back("the check stopped: " + checked.error().to_string());
       } else if (!checked.ok()) {
         a.status = close_pool(ctx, command, std::move(pool),
