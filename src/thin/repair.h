@@ -9,8 +9,9 @@
 // range its parent gives it is skipped, and the key range it covered is recorded as lost.
 // Mappings to data blocks beyond the data device are dropped (and counted). The space maps
 // of the damaged metadata are never read: the rebuilt ones are computed from the surviving
-// trees (a data block's count is the number of leaf entries that map it; a tree two
-// devices share in the damaged metadata is rebuilt once and shared again).
+// trees (a data block's count is the number of leaf entries that map it). A whole tree
+// that devices share in the damaged metadata is rebuilt once and shared again; subtrees
+// shared below the root are rebuilt per device (more metadata, same mappings).
 //
 // What survives (docs/CLI.md, `check --repair`):
 //   - a device whose mapping root cannot be read, or whose top-level entry is lost, is

@@ -126,7 +126,8 @@ class RepairTest : public ::testing::Test {
         continue;
       }
       ASSERT_TRUE(dev.ok()) << vol;
-      for (auto& [vb, want] : tags) {
+      for (auto& [block_nr, want] : tags) {
+        const uint64_t vb = block_nr;
         std::string got(want.size(), '?');
         ASSERT_TRUE(
             pool.read(*dev, vb * kB, {reinterpret_cast<std::byte*>(got.data()), got.size()}).ok());
