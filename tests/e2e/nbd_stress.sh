@@ -5,8 +5,9 @@
 # merges a non-exported writable snapshot into a non-exported volume, removes snapshots,
 # checks the pool, and fills the pool to full with another volume and frees it again.
 # Fails on any verification error, any request or command unanswered after 30 s, any write
-# to the guaranteed volume refused, and any ENOSPC outside a fill. ~30 s; TP_LONG=1: 300 s.
-# Then the server stops (SIGTERM by PID), and `thinpool check` and thin_check pass.
+# to the guaranteed volume refused, and any ENOSPC outside a fill. ~30 s; TP_LONG=1: 300 s;
+# TP_STRESS_SECONDS=N: N s. Then the server stops (SIGTERM by PID), and `thinpool check` and
+# thin_check pass.
 set -euo pipefail
 
 TP=$(realpath "${1:?usage: $0 PATH/TO/thinpool}")
@@ -42,6 +43,7 @@ fail() {
 
 DURATION=30
 if [ "${TP_LONG:-}" = 1 ]; then DURATION=300; fi
+DURATION=${TP_STRESS_SECONDS:-$DURATION}
 
 tp init --size 128M >/dev/null
 tp create gvol --size 8M --provision >/dev/null

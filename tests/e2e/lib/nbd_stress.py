@@ -2,8 +2,9 @@
 """Concurrency stress for `thinpool serve` (driven by tests/e2e/nbd_stress.sh).
 
 NBD clients (libnbd's python bindings), several connections per export (multi-conn), each
-owning a disjoint region of its volume: tagged writes at 4 KiB-aligned offsets, reads that
-verify against the client's own model, trims of whole blocks, flushes. Meanwhile a control
+owning a disjoint region of its volume: tagged writes at 4 KiB-aligned offsets (some FUA),
+write-zeroes, trims of whole blocks, flushes, and reads that verify against the client's
+own model. Meanwhile a control
 loop runs the `thinpool` CLI against the pool (it goes through the daemon's control
 socket): snapshots of both exported volumes, a merge of a non-exported writable snapshot
 into a non-exported volume (checked by reading it back), removes, and filling the pool to
@@ -99,31 +100,52 @@ class Client(threading.Thread):
     def blocks(self, off, n):
         return range(off // B, (off + n - 1) // B + 1)
 
+    def refused(self, e, what, off, n, t0):
+        """A write-like request failed: only ENOSPC, only on the thin volume, only in a fill."""
+        t1 = time.monotonic()
+        if e.errnum != errno.ENOSPC:
+            raise Failure("%s: %s %d+%d: %s" % (self.name, what, off, n, e))
+        if self.guaranteed:
+            raise Failure("%s: %s to the guaranteed volume refused (ENOSPC) at %d+%d"
+                          % (self.name, what, off, n))
+        if not self.sh.enospc_allowed(t0, t1):
+            raise Failure("%s: %s got ENOSPC outside a fill of the pool at %d+%d"
+                          % (self.name, what, off, n))
+        self.enospc += 1
+        self.unknown.update(self.blocks(off, n))
+
+    def written(self, off, data):
+        n = len(data)
+        self.model[off:off + n] = data
+        for b in self.blocks(off, n):
+            if b * B >= off and (b + 1) * B <= off + n:
+                self.unknown.discard(b)
+
     def do_write(self, h):
         n = self.rng.choice([PAGE, 3 * PAGE, B, B + PAGE, 2 * B, 4 * B])
         n = min(n, self.size)
         off = self.rng.randrange(0, (self.size - n) // PAGE + 1) * PAGE
         data = self.pattern(off, n)
+        flags = nbd.CMD_FLAG_FUA if self.rng.random() < 0.1 else 0
         t0 = time.monotonic()
         try:
-            self.call("pwrite %d+%d" % (off, n), h.pwrite, data, self.base + off)
+            self.call("pwrite %d+%d" % (off, n), h.pwrite, data, self.base + off, flags)
         except nbd.Error as e:
-            t1 = time.monotonic()
-            if e.errnum != errno.ENOSPC:
-                raise Failure("%s: write %d+%d: %s" % (self.name, off, n, e))
-            if self.guaranteed:
-                raise Failure("%s: write to the guaranteed volume refused (ENOSPC) at %d+%d"
-                              % (self.name, off, n))
-            if not self.sh.enospc_allowed(t0, t1):
-                raise Failure("%s: ENOSPC outside a fill of the pool at %d+%d"
-                              % (self.name, off, n))
-            self.enospc += 1
-            self.unknown.update(self.blocks(off, n))
+            self.refused(e, "write", off, n, t0)
             return
-        self.model[off:off + n] = data
-        for b in self.blocks(off, n):
-            if b * B >= off and (b + 1) * B <= off + n:
-                self.unknown.discard(b)
+        self.written(off, data)
+
+    def do_zero(self, h):
+        # WRITE_ZEROES without NO_HOLE: whole blocks are unmapped, partial ones written.
+        n = self.rng.choice([PAGE, B, 2 * B + PAGE])
+        off = self.rng.randrange(0, (self.size - n) // PAGE + 1) * PAGE
+        t0 = time.monotonic()
+        try:
+            self.call("zero %d+%d" % (off, n), h.zero, n, self.base + off)
+        except nbd.Error as e:
+            self.refused(e, "write-zeroes", off, n, t0)
+            return
+        self.written(off, bytes(n))
 
     def do_trim(self, h):
         nb = self.rng.randint(1, 3)
@@ -154,8 +176,10 @@ class Client(threading.Thread):
                 raise Failure("%s: server does not offer multi-conn" % self.name)
             while not self.sh.stop.is_set():
                 r = self.rng.random()
-                if r < 0.55:
+                if r < 0.5:
                     self.do_write(h)
+                elif r < 0.55:
+                    self.do_zero(h)
                 elif r < 0.65:
                     self.do_trim(h)
                 elif r < 0.72:
