@@ -18,6 +18,7 @@
 #include "cli/views.h"
 #include "daemon/serve.h"
 #include "pdata/format.h"
+#include "thin/repair.h"
 
 extern char** environ;
 
@@ -224,81 +225,269 @@ ExternalCheck run_thin_check(const std::string& metadata, std::string* why) {
   return ExternalCheck::kFailed;
 }
 
+// What `check` found: our own check of metadata, catalog and space, then thin_check.
+struct Assessment {
+  int status = kExitOk;      // kExitOk: res and ext are filled in
+  bool open_failed = false;  // the pool would not open: `damage` says why
+  thin::CheckResult res;
+  ExternalCheck ext = ExternalCheck::kNotRun;
+  std::vector<std::string> warnings;
+  bool ok() const { return !open_failed && res.ok() && ext != ExternalCheck::kFailed; }
+};
+
+// Opens the pool (or uses the daemon's), checks it, closes it and runs thin_check on the
+// metadata. Corruption met by the check is damage in the assessment; a pool that does not
+// open because its metadata or catalog is damaged is too with damaged_ok (open_failed), else
+// an error (exit 3).
+Assessment assess(const Context& ctx, std::string_view command, bool damaged_ok) {
+  Assessment a;
+  std::string metadata = ctx.pool_dir + "/metadata";
+  if (ctx.served) {
+    // The daemon keeps committing: thin_check reads a copy of the committed metadata
+    // taken at the moment of our own check, under the pool's lock.
+    metadata = ctx.pool_dir + "/.check-metadata";
+    auto checked = ctx.served->pool.check(metadata);
+    if (!checked.ok()) {
+      ::unlink(metadata.c_str());
+      a.status = ctx.fail(command, ctx.pool_dir, checked.error());
+      return a;
+    }
+    a.res = std::move(checked).value();
+  } else {
+    if (int st = check_pool_dir(ctx, command); st != kExitOk) {
+      a.status = st;
+      return a;
+    }
+    auto opened = thin::Pool::open(ctx.pool_dir);
+    if (!opened.ok() && opened.error().code == Errc::kCorruption) {
+      if (!damaged_ok) {
+        a.status = ctx.fail(command, ctx.pool_dir,
+                            "damaged pool: " + opened.error().to_string() + " (see check --repair)",
+                            kExitDamaged);
+        return a;
+      }
+      a.open_failed = true;
+      a.res.damage.push_back("the pool does not open: " + opened.error().to_string());
+    } else {
+      std::unique_ptr<thin::Pool> pool;
+      if (opened.ok()) {
+        pool = std::move(opened).value();
+      } else if (int st = open_pool(ctx, command, &pool); st != kExitOk) {
+        // open_pool reports the error (it fails the same way again).
+        a.status = st;
+        return a;
+      }
+      auto checked = pool->check();
+      if (!checked.ok() && checked.error().code == Errc::kCorruption) {
+        a.res.damage.push_back("the check stopped: " + checked.error().to_string());
+      } else if (!checked.ok()) {
+        a.status = close_pool(ctx, command, std::move(pool),
+                              ctx.fail(command, ctx.pool_dir, checked.error()));
+        return a;
+      } else {
+        a.res = std::move(checked).value();
+      }
+      // thin_check reads the metadata file: only after our commit and with the pool closed.
+      if (int st = close_pool(ctx, command, std::move(pool), kExitOk); st != kExitOk) {
+        a.status = st;
+        return a;
+      }
+    }
+  }
+  a.warnings = a.res.warnings;
+  std::string why;
+  a.ext = run_thin_check(metadata, &why);
+  if (ctx.served) ::unlink(metadata.c_str());
+  if (a.ext == ExternalCheck::kNotRun) {
+    a.warnings.push_back("thin_check: " + why);
+  }
+  return a;
+}
+
+nlohmann::json lost_ranges_json(const thin::RepairedDevice& d, uint64_t block_bytes) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& r : d.lost_ranges) {
+    out.push_back({{"offset", r.begin * block_bytes}, {"length", (r.end - r.begin) * block_bytes}});
+  }
+  return out;
+}
+
 class CheckCommand final : public Command {
  public:
   const char* name() const override { return "check"; }
   const char* description() const override {
     return "Check metadata, space maps, catalog and the space invariant; also runs "
-           "thin_check when installed";
+           "thin_check when installed. --repair rebuilds damaged metadata";
   }
-  void declare(CLI::App&) override {}
+  void declare(CLI::App& sub) override {
+    sub.add_flag("--repair", repair_,
+                 "Rebuild damaged metadata from what can still be read (the pool must not be "
+                 "served); the old metadata is kept as metadata.damaged-TIME");
+    sub.add_flag("--force", force_, "With --repair: rebuild even when the check finds nothing");
+  }
   int run(const Context& ctx) override {
-    thin::CheckResult res;
-    std::string metadata = ctx.pool_dir + "/metadata";
-    if (ctx.served) {
-      // The daemon keeps committing: thin_check reads a copy of the committed metadata
-      // taken at the moment of our own check, under the pool's lock.
-      metadata = ctx.pool_dir + "/.check-metadata";
-      auto checked = ctx.served->pool.check(metadata);
-      if (!checked.ok()) {
-        ::unlink(metadata.c_str());
-        return ctx.fail(name(), ctx.pool_dir, checked.error());
-      }
-      res = std::move(checked).value();
-    } else {
-      std::unique_ptr<thin::Pool> pool;
-      if (int st = open_pool(ctx, name(), &pool); st != kExitOk) {
-        return st;
-      }
-      auto checked = pool->check();
-      if (!checked.ok()) {
-        return close_pool(ctx, name(), std::move(pool),
-                          ctx.fail(name(), ctx.pool_dir, checked.error()));
-      }
-      res = std::move(checked).value();
-      // thin_check reads the metadata file: only after our commit and with the pool closed.
-      if (int st = close_pool(ctx, name(), std::move(pool), kExitOk); st != kExitOk) {
-        return st;
-      }
+    if (force_ && !repair_) {
+      return ctx.usage(name(), "--force", "only goes with --repair");
     }
-    std::vector<std::string> warnings = res.warnings;
-    std::string why;
-    const ExternalCheck ext = run_thin_check(metadata, &why);
-    if (ctx.served) ::unlink(metadata.c_str());
-    if (ext == ExternalCheck::kNotRun) {
-      warnings.push_back("thin_check: " + why);
+    if (repair_) {
+      return run_repair(ctx);
     }
-    const bool ok = res.ok() && ext != ExternalCheck::kFailed;
-
+    Assessment a = assess(ctx, name(), false);
+    if (a.status != kExitOk) {
+      return a.status;
+    }
+    const thin::CheckResult& res = a.res;
+    const bool ok = a.ok();
     Report r;
     r.json["ok"] = ok;
     r.json["damage"] = res.damage;
-    r.json["warnings"] = warnings;
-    r.json["thin_check"] = external_check_name(ext);
+    r.json["warnings"] = a.warnings;
+    r.json["thin_check"] = external_check_name(a.ext);
     r.json["nodes"] = res.nodes;
     r.json["mappings"] = res.mappings;
     std::string& t = r.text;
     for (const auto& d : res.damage) {
       t += "damage: " + d + "\n";
     }
-    for (const auto& w : warnings) {
+    for (const auto& w : a.warnings) {
       t += "warning: " + w + "\n";
     }
     t += fmt::format("metadata: {} nodes, {} mappings: {}\n", res.nodes, res.mappings,
                      res.ok() ? "clean" : "DAMAGED");
-    t += fmt::format("thin_check: {}\n", external_check_name(ext));
+    t += fmt::format("thin_check: {}\n", external_check_name(a.ext));
     if (int st = print_report(ctx, name(), r); st != kExitOk) {
       return st;
     }
     if (!ok) {
-      std::string reason = res.ok()
-                               ? std::string("damaged pool: thin_check failed")
-                               : fmt::format("damaged pool: {} problem{} found", res.damage.size(),
-                                             res.damage.size() == 1 ? "" : "s");
-      return ctx.fail(name(), ctx.pool_dir, reason, kExitDamaged);
+      return ctx.fail(name(), ctx.pool_dir, damaged_reason(res), kExitDamaged);
     }
     return kExitOk;
   }
+
+ private:
+  static std::string damaged_reason(const thin::CheckResult& res) {
+    if (res.ok()) return "damaged pool: thin_check failed (see check --repair)";
+    return fmt::format("damaged pool: {} problem{} found (see check --repair)", res.damage.size(),
+                       res.damage.size() == 1 ? "" : "s");
+  }
+
+  int run_repair(const Context& ctx) {
+    if (ctx.served) {
+      // The daemon has the metadata open and keeps committing: a repair needs it stopped.
+      return ctx.fail(name(), ctx.pool_dir,
+                      "the pool is being served (thinpool serve): stop the daemon to repair",
+                      kExitFailed);
+    }
+    if (int st = check_pool_dir(ctx, name()); st != kExitOk) {
+      return st;
+    }
+    std::vector<std::string> found;
+    if (!force_) {
+      Assessment before = assess(ctx, name(), true);
+      if (before.status != kExitOk) {
+        return before.status;
+      }
+      if (before.ok()) {
+        Report r;
+        r.json = {{"ok", true},
+                  {"repaired", false},
+                  {"thin_check", external_check_name(before.ext)},
+                  {"warnings", before.warnings}};
+        r.text = "nothing to repair: the metadata is clean (use --force to rebuild anyway)\n";
+        return print_report(ctx, name(), r);
+      }
+      found = before.res.damage;
+      if (before.ext == ExternalCheck::kFailed) found.push_back("thin_check failed");
+    }
+    auto repaired = thin::repair_pool(ctx.pool_dir);
+    if (!repaired.ok()) {
+      return ctx.fail(name(), ctx.pool_dir, repaired.error());
+    }
+    const thin::RepairReport& rep = *repaired;
+    Assessment after = assess(ctx, name(), true);
+    if (after.status != kExitOk) {
+      return after.status;
+    }
+    const uint64_t B = rep.block_bytes;
+
+    Report r;
+    nlohmann::json devices = nlohmann::json::array(), lost = nlohmann::json::array();
+    nlohmann::json volumes_lost = nlohmann::json::array(), volumes_added = nlohmann::json::array();
+    std::string& t = r.text;
+    for (const auto& d : found) t += "found: " + d + "\n";
+    for (const auto& d : rep.damage) t += "skipped: " + d + "\n";
+    for (const auto& d : rep.devices) {
+      devices.push_back({{"dev_id", d.dev_id},
+                         {"volume", d.volume},
+                         {"size_bytes", d.size_bytes},
+                         {"mappings", d.mappings},
+                         {"mappings_lost", d.mappings_lost},
+                         {"lost_ranges", lost_ranges_json(d, B)},
+                         {"details_rebuilt", d.details_rebuilt},
+                         {"added_to_catalog", d.added_to_catalog}});
+      if (d.added_to_catalog) volumes_added.push_back(d.volume);
+      t += fmt::format("device {} ({}): {} mappings recovered", d.dev_id, d.volume, d.mappings);
+      if (d.mappings_lost > 0 || !d.lost_ranges.empty()) {
+        t += fmt::format(", {} lost", d.mappings_lost);
+        for (const auto& lr : d.lost_ranges) {
+          t += fmt::format(" [{}, +{})", format_bytes(lr.begin * B),
+                           format_bytes((lr.end - lr.begin) * B));
+        }
+      }
+      t += "\n";
+    }
+    for (const auto& l : rep.lost) {
+      lost.push_back({{"dev_id", l.dev_id},
+                      {"volume", l.volume},
+                      {"mappings_lost", l.mappings_lost},
+                      {"why", l.why}});
+      if (!l.volume.empty()) volumes_lost.push_back(l.volume);
+      t += fmt::format("device {} ({}): LOST, {}\n", l.dev_id,
+                       l.volume.empty() ? std::string("no volume") : "volume " + l.volume, l.why);
+    }
+    for (const auto& n : rep.notes) t += "note: " + n + "\n";
+    for (const auto& w : after.warnings) t += "warning: " + w + "\n";
+    t += fmt::format(
+        "repaired: {} device{} recovered ({} mappings), {} device{} lost, {} mappings lost; "
+        "transaction {} -> {}\n",
+        rep.devices.size(), rep.devices.size() == 1 ? "" : "s", rep.mappings, rep.lost.size(),
+        rep.lost.size() == 1 ? "" : "s", rep.mappings_lost, rep.old_trans_id, rep.new_trans_id);
+    t += "damaged metadata kept as " + rep.damaged_metadata + "\n";
+    t += fmt::format("check after repair: {}; thin_check: {}\n",
+                     after.res.ok() ? "clean" : "DAMAGED", external_check_name(after.ext));
+    for (const auto& d : after.res.damage) t += "damage: " + d + "\n";
+    r.json = {{"ok", after.ok()},
+              {"repaired", true},
+              {"found", found},
+              {"skipped", rep.damage},
+              {"devices_recovered", rep.devices.size()},
+              {"mappings_recovered", rep.mappings},
+              {"devices_lost", rep.lost.size()},
+              {"mappings_lost", rep.mappings_lost},
+              {"devices", devices},
+              {"lost_devices", lost},
+              {"volumes_lost", volumes_lost},
+              {"volumes_added", volumes_added},
+              {"notes", rep.notes},
+              {"old_transaction_id", rep.old_trans_id},
+              {"transaction_id", rep.new_trans_id},
+              {"data_blocks_in_use", rep.data_blocks_in_use},
+              {"damaged_metadata", rep.damaged_metadata},
+              {"damage", after.res.damage},
+              {"warnings", after.warnings},
+              {"thin_check", external_check_name(after.ext)}};
+    if (int st = print_report(ctx, name(), r); st != kExitOk) {
+      return st;
+    }
+    if (!after.ok()) {
+      return ctx.fail(name(), ctx.pool_dir, "the repaired pool still fails its check",
+                      kExitDamaged);
+    }
+    return kExitOk;
+  }
+
+  bool repair_ = false;
+  bool force_ = false;
 };
 
 }  // namespace

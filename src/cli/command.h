@@ -4,7 +4,7 @@
 // concern, one file per group; a new command is a class in its group's file plus one line
 // in that group's add_* function (see app.cc for the order they appear in --help).
 //
-//   cmd_pool.cc    init info extend check             (later: check --repair)
+//   cmd_pool.cc    init info extend check (--repair)
 //   cmd_volume.cc  list create snapshot remove resize delta provision unprovision reserve
 //                  merge rollback
 //   cmd_io.cc      write read diff update

@@ -248,6 +248,38 @@ Result<void> ThinMetadata::clone_tree_into(uint64_t dev, uint64_t src) {
   return {};
 }
 
+Result<void> ThinMetadata::restore_device(uint64_t dev, const DeviceDetails& d,
+                                          std::optional<uint64_t> share_with) {
+  if (dev > kMaxDevId) {
+    return make_error(Errc::kInvalidArgument, "thin device id too large", dev);
+  }
+  if (devices_.count(dev)) {
+    return make_error(Errc::kExists, "thin device already exists", dev);
+  }
+  DevState st;
+  if (share_with) {
+    TP_ASSIGN_OR_RETURN(DevState * o, dev_state(*share_with));
+    TP_TRY(tm_->inc(o->root));
+    st.root = o->root;
+  } else {
+    TP_ASSIGN_OR_RETURN(st.root, Btree::create_empty(*tm_, mapping_vt_));
+  }
+  st.details = d;
+  st.root_changed = st.details_changed = true;
+  devices_[dev] = st;
+  return {};
+}
+
+Result<void> ThinMetadata::restore_mapping(uint64_t dev, uint64_t vblock, uint64_t data_block,
+                                           uint32_t time) {
+  TP_ASSIGN_OR_RETURN(DevState * st, dev_state(dev));
+  std::array<std::byte, 8> v;
+  store_le64(v.data(), pack_block_time(data_block, time));
+  TP_ASSIGN_OR_RETURN(st->root, Btree::insert(*tm_, st->root, vblock, v.data(), mapping_vt_));
+  st->root_changed = true;
+  return {};
+}
+
 Result<std::optional<Mapping>> ThinMetadata::lookup(uint64_t dev, uint64_t vblock) {
   TP_ASSIGN_OR_RETURN(DevState * st, dev_state(dev));
   uint64_t b = st->root;

@@ -50,6 +50,8 @@ class ThinMetadata {
   uint32_t time() const { return sb_.time; }
   uint64_t trans_id() const { return sb_.trans_id; }
   void set_trans_id(uint64_t id) { sb_.trans_id = id; }
+  // Sets the pool's snapshot clock (repair: the clock of the metadata being rebuilt).
+  void set_time(uint32_t t) { sb_.time = t; }
   uint32_t data_block_sectors() const { return sb_.data_block_size; }
   uint64_t nr_data_blocks() const { return dsm_->nr_blocks(); }
   uint64_t nr_free_data_blocks() const { return dsm_->nr_free(); }
@@ -68,6 +70,16 @@ class ThinMetadata {
   // Replaces dev's mappings by a shared copy of src's (src unchanged); dev keeps its
   // details except mapped_blocks. Used by merge and rollback. O(1) + freeing dev's old tree.
   Result<void> clone_tree_into(uint64_t dev, uint64_t src);
+
+  // --- restore (repair rebuilds metadata from what it salvaged; thin_restore's role) ---
+  // Creates dev with the given details and an empty tree, or, with share_with, sharing
+  // that device's current tree (its root gains a reference; no clock or details change).
+  // mapped_blocks is taken as given.
+  Result<void> restore_device(uint64_t dev, const DeviceDetails& d,
+                              std::optional<uint64_t> share_with = std::nullopt);
+  // Maps vblock to data_block with an explicit time (the caller holds the data block's
+  // reference, as for insert). Does not touch mapped_blocks.
+  Result<void> restore_mapping(uint64_t dev, uint64_t vblock, uint64_t data_block, uint32_t time);
 
   // --- mappings ---
   // O(log n). nullopt when unmapped.

@@ -70,6 +70,10 @@ uint64_t default_metadata_bytes(uint64_t data_bytes, uint32_t block_bytes) {
   return std::min<uint64_t>(bytes, pdata::kMaxMetadataBlocks * pdata::kBlockSize);
 }
 
+Result<int> lock_pool_dir(const std::string& dir) {
+  return take_lock(dir);
+}
+
 const char* pool_state_name(PoolState s) {
   switch (s) {
     case PoolState::kOk:

@@ -54,6 +54,11 @@ struct PoolOptions {
 // guide, doubled for snapshots' copies, plus 4 MiB; at most the format's limit).
 uint64_t default_metadata_bytes(uint64_t data_bytes, uint32_t block_bytes);
 
+// Takes DIR/lock exclusively without waiting, as Pool::open does (kBusy when another process
+// holds it). Returns the fd; closing it releases the lock. For tools that must keep every
+// other process out without opening the pool (repair).
+Result<int> lock_pool_dir(const std::string& dir);
+
 enum class PoolState { kOk, kLow, kFull, kReadOnly };
 const char* pool_state_name(PoolState s);
 
