@@ -20,7 +20,7 @@ namespace tp::nbd {
 
 struct Server::Conn {
   explicit Conn(int fd, std::string p) : ch(fd), peer(std::move(p)) {}
-  Channel ch;
+  SocketChannel ch;
   std::string peer;
   std::thread th;
   std::atomic<bool> done{false};
@@ -100,6 +100,9 @@ Server::~Server() {
 }
 
 Result<void> Server::start() {
+  if (opts_.tls != TlsMode::kOff && !opts_.tls_credentials) {
+    return make_error(Errc::kInvalidArgument, "TLS enabled without credentials");
+  }
   if (::pipe2(wake_, O_CLOEXEC) != 0) return sys_error("pipe");
   if (!opts_.unix_path.empty()) {
     TP_ASSIGN_OR_RETURN(unix_fd_, listen_unix(opts_.unix_path));
@@ -180,7 +183,8 @@ void Server::adopt(int fd, const std::string& peer) {
 void Server::serve(Conn& c) {
   log_.debug("nbd: connection from {}", c.peer);
   c.ch.set_send_timeout(opts_.handshake_timeout);
-  auto n = negotiate(c.ch, catalog_, log_, Clock::now() + opts_.handshake_timeout, stopping_);
+  TlsPolicy tls{opts_.tls, opts_.tls_credentials.get()};
+  auto n = negotiate(c.ch, catalog_, log_, Clock::now() + opts_.handshake_timeout, stopping_, tls);
   if (!n.ok()) {
     const Error& e = n.error();
     if (is_peer_closed(e)) {
@@ -197,10 +201,14 @@ void Server::serve(Conn& c) {
     return;
   }
   Negotiated& neg = **n;
-  log_.debug("nbd: {}: serving export {} ({} bytes{}{})", c.peer, neg.export_name,
+  log_.debug("nbd: {}: serving export {} ({} bytes{}{}{})", c.peer, neg.export_name,
              neg.target->size(), neg.structured ? ", structured replies" : "",
-             neg.target->read_only() ? ", read-only" : "");
-  run_session(c.ch, neg, log_, opts_.session);
+             neg.target->read_only() ? ", read-only" : "", neg.tls ? ", TLS" : "");
+  // The TLS channel, when there is one, reads and writes through c.ch: stop() shutting c.ch
+  // down still wakes the session's reader.
+  Channel& ch = neg.tls ? *neg.tls : static_cast<Channel&>(c.ch);
+  run_session(ch, neg, log_, opts_.session);
+  ch.close_gracefully();
 }
 
 void Server::reap_locked(bool all) {
