@@ -50,7 +50,12 @@ Result<int> listen_unix(const std::string& path) {
   }
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return sys_error("socket");
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 64) != 0) {
+  // Owner-only, whatever the umask: a client of this socket reads and writes every export.
+  // The umask covers the window between bind and chmod (as for the control socket).
+  mode_t old_umask = ::umask(0177);
+  int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  ::umask(old_umask);
+  if (rc != 0 || ::chmod(path.c_str(), 0600) != 0 || ::listen(fd, 64) != 0) {
     Error e = sys_error("bind/listen on the Unix socket");
     ::close(fd);
     return e;

@@ -27,7 +27,8 @@
 namespace tp::nbd {
 
 struct ServerOptions {
-  std::string unix_path;   // "" for none; a stale socket file there is replaced
+  std::string unix_path;   // "" for none; a stale socket file there is replaced; created
+                           // with mode 0600 (owner only) whatever the umask
   std::string tcp_listen;  // "" for none, else "ADDR:PORT" (IPv4 literal or "localhost";
                            // PORT 0 picks a free port, see tcp_port())
   // The whole handshake (options and, with STARTTLS, the TLS handshake) must finish in

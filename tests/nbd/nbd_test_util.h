@@ -52,8 +52,10 @@ struct MemDisk {
   std::atomic<int> writes{0};
   std::atomic<int> fua_writes{0};
   std::atomic<int> provisions{0};  // zero() with no_hole
-  // A gate: when closed, reads block until it opens (tests of in-flight requests).
+  // A gate: when closed, reads (and writes too with gate_writes) block until it opens
+  // (tests of in-flight requests).
   bool gate_closed = false;
+  bool gate_writes = false;
   std::atomic<int> waiting{0};
   std::condition_variable gate_cv;
   void open_gate() {
@@ -83,7 +85,12 @@ class MemTarget : public BlockTarget {
     return {};
   }
   Result<void> write(uint64_t off, std::span<const std::byte> buf, bool fua) override {
-    std::lock_guard lk(d_->mu);
+    std::unique_lock lk(d_->mu);
+    if (d_->gate_closed && d_->gate_writes) {
+      d_->waiting++;
+      d_->gate_cv.wait(lk, [&] { return !d_->gate_closed; });
+      d_->waiting--;
+    }
     TP_TRY(check(off, buf.size()));
     if (d_->read_only) return make_error(Errc::kReadOnly, "read-only");
     std::memcpy(d_->data.data() + off, buf.data(), buf.size());
