@@ -76,7 +76,10 @@ class TlsChannel final : public Channel {
       ssize_t n = gnutls_record_recv(s_, buf.data(), buf.size());
       if (n > 0) return static_cast<size_t>(n);
       if (n == 0) return Error{Errc::kIo, 0, kNoAddr, kPeerClosed};  // close_notify
-      if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) continue;
+      if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) {
+        if (Clock::now() >= deadline) return Error{Errc::kIo, ETIMEDOUT, kNoAddr, kTimedOut};
+        continue;
+      }
       // Anything else ends the connection, renegotiation requests included.
       return failure(static_cast<int>(n), pull_error_);
     }
