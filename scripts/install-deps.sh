@@ -13,6 +13,7 @@ PKGS=(
   thin-provisioning-tools
   # real NBD clients and peers for the end-to-end tests
   libnbd-bin python3-libnbd nbdkit qemu-utils fio fuse3   # libnbd-bin ships nbdsh, nbdinfo, nbdcopy, nbdfuse
+  gnutls-bin   # certtool and psktool: the TLS end-to-end test makes its own CA, certificate and PSK
   # demo: image tools
   erofs-utils squashfs-tools e2fsprogs
 )

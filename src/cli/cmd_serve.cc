@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <ostream>
@@ -27,12 +28,23 @@ class ServeCommand final : public Command {
     sub.add_option("--export", opts_.exports, "Volumes to serve (default: all)");
     sub.add_option("--default", opts_.default_export, "Volume for the empty export name");
     sub.add_flag("--debug", opts_.debug, "Log every connection and refused request");
+    sub.add_option("--tls", tls_, "TLS for NBD: off, on (client's choice) or require")
+        ->check(CLI::IsMember({"off", "on", "require"}));
+    sub.add_option("--tls-certificates", opts_.tls_certificates,
+                   "Directory with server-cert.pem and server-key.pem");
+    sub.add_option("--tls-psk", opts_.tls_psk, "Pre-shared keys file (username:hexkey lines)");
+    sub.add_option("--handshake-timeout", handshake_timeout_,
+                   "Seconds a client may take to finish the handshake (default 10)")
+        ->check(CLI::Range(0.001, 3600.0));
   }
   int run(const Context& ctx) override {
     if (ctx.pool_dir.empty()) {
       return ctx.usage(name(), "-p", "no pool given (-p DIR or THINPOOL_POOL)");
     }
     opts_.pool_dir = ctx.pool_dir;
+    opts_.tls = *nbd::parse_tls_mode(tls_);  // CLI11 let only the three names through
+    opts_.handshake_timeout = std::chrono::milliseconds(
+        std::max<int64_t>(1, static_cast<int64_t>(handshake_timeout_ * 1000)));
     // Every command of the CLI works through the control socket, run in the daemon.
     opts_.runner = [](daemon::Services& s) -> daemon::CommandRunner {
       return [&s](const daemon::ControlRequest& req) { return run_served(s, req); };
@@ -43,6 +55,8 @@ class ServeCommand final : public Command {
 
  private:
   daemon::ServeOptions opts_;
+  std::string tls_ = "off";
+  double handshake_timeout_ = 10;
 };
 
 // One line per event: "2026-11-25 11:40:02 pool state full (was low): 0 of 512 blocks

@@ -293,7 +293,11 @@ ControlClient::~ControlClient() {
 
 Result<nlohmann::json> ControlClient::call(const nlohmann::json& request) {
   if (!write_line(fd_, request.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace))) {
-    return sys_error("cannot send to the control socket");
+    Error e = sys_error("cannot send to the control socket");
+    // A daemon that refuses a client (not the pool's owner) says why and hangs up, maybe
+    // before the request is written: its reason is worth more than EPIPE.
+    if (auto why = read(); why.ok()) return why;
+    return e;
   }
   return read();
 }

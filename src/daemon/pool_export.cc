@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "catalog/catalog.h"
 #include "nbd/protocol.h"
 
 namespace tp::daemon {
@@ -38,6 +39,11 @@ std::string PoolCatalog::default_export() {
 }
 
 Result<std::unique_ptr<nbd::BlockTarget>> PoolCatalog::open(const std::string& name) {
+  // The name comes from the network: anything that could not name a volume (a path, an
+  // overlong or empty name) stops here, before any lookup.
+  if (!catalog::valid_volume_name(name)) {
+    return make_error(Errc::kNotFound, "not a valid volume name");
+  }
   if (!exported(name)) return make_error(Errc::kNotFound, "not exported");
   std::lock_guard lk(mu_);
   TP_ASSIGN_OR_RETURN(thin::VolumeInfo v, pool_.volume(name, /*counts=*/false));

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <new>
 
+#include "catalog/catalog.h"
 #include "daemon/events.h"
 #include "daemon/group_commit.h"
 #include "daemon/pool_export.h"
@@ -98,6 +99,42 @@ int serve_impl(const ServeOptions& opts) {
     log.error("serve: no pool directory given");
     return 2;
   }
+  for (const std::string& name : opts.exports) {
+    if (!catalog::valid_volume_name(name)) {
+      log.error("serve: --export {}: not a valid volume name", name);
+      return 2;
+    }
+  }
+  if (!opts.default_export.empty() && !catalog::valid_volume_name(opts.default_export)) {
+    log.error("serve: --default {}: not a valid volume name", opts.default_export);
+    return 2;
+  }
+  std::shared_ptr<const nbd::TlsCredentials> tls_credentials;
+  if (opts.tls == nbd::TlsMode::kOff) {
+    if (!opts.tls_certificates.empty() || !opts.tls_psk.empty()) {
+      log.error("serve: TLS credentials given but --tls is off");
+      return 2;
+    }
+  } else {
+    if (opts.tls_certificates.empty() == opts.tls_psk.empty()) {
+      log.error("serve: --tls {} needs exactly one of --tls-certificates DIR and --tls-psk FILE",
+                nbd::tls_mode_name(opts.tls));
+      return 2;
+    }
+    auto creds = opts.tls_psk.empty() ? nbd::TlsCredentials::server_x509(opts.tls_certificates)
+                                      : nbd::TlsCredentials::server_psk(opts.tls_psk);
+    if (!creds.ok()) {
+      log.error("serve: TLS credentials {}: {}",
+                opts.tls_psk.empty() ? opts.tls_certificates : opts.tls_psk,
+                creds.error().to_string());
+      return 1;
+    }
+    tls_credentials = std::move(*creds);
+  }
+  if (opts.handshake_timeout.count() <= 0) {
+    log.error("serve: the handshake timeout must be positive");
+    return 2;
+  }
   StopSignals signals;  // before anything slow, so an early SIGTERM is not lost
   if (!signals.ok()) {
     log.error("serve: cannot install signal handlers");
@@ -166,6 +203,9 @@ int serve_impl(const ServeOptions& opts) {
   nbd::ServerOptions so;
   so.unix_path = opts.socket_path.empty() ? opts.pool_dir + "/nbd.sock" : opts.socket_path;
   so.tcp_listen = opts.listen;
+  so.handshake_timeout = opts.handshake_timeout;
+  so.tls = opts.tls;
+  so.tls_credentials = tls_credentials;
   nbd::Server server(catalog, log, so);
   if (auto r = server.start(); !r.ok()) {
     log.error("serve: cannot listen: {}", r.error().to_string());
@@ -182,6 +222,9 @@ int serve_impl(const ServeOptions& opts) {
   if (!opts.listen.empty()) {
     std::string host = opts.listen.substr(0, opts.listen.rfind(':'));
     where += " and " + host + ":" + std::to_string(server.tcp_port());
+  }
+  if (opts.tls != nbd::TlsMode::kOff) {
+    where += std::string(" (TLS ") + nbd::tls_mode_name(opts.tls) + ")";
   }
   std::fprintf(stderr, "serving %zu exports on %s\n", catalog.list().size(), where.c_str());
   std::fflush(stderr);

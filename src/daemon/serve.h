@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "daemon/control.h"
+#include "nbd/tls.h"
 
 namespace tp::thin {
 class Pool;
@@ -37,6 +38,14 @@ struct ServeOptions {
   std::string default_export;        // what the empty export name opens; "" means the only
                                      // export when there is exactly one
   bool debug = false;                // log every connection and refused request
+  // TLS (docs/CLI.md "serve"): off, on (the client may upgrade with STARTTLS) or require
+  // (nothing but STARTTLS and ABORT before TLS). Credentials: exactly one of a directory
+  // with server-cert.pem and server-key.pem, or a psktool file (username:hexkey lines).
+  nbd::TlsMode tls = nbd::TlsMode::kOff;
+  std::string tls_certificates;
+  std::string tls_psk;
+  // A client must finish the NBD handshake (TLS handshake included) in this time.
+  std::chrono::milliseconds handshake_timeout{10000};
   // Writes are committed at most this often when no client flushes (DESIGN.md durability:
   // "metadata commits on flush, and at most every second otherwise").
   std::chrono::milliseconds commit_interval{1000};
@@ -51,8 +60,10 @@ struct ServeOptions {
 // socket's event stream and to the log. When ready it prints one line to stderr:
 //   serving N exports on SOCKET
 // Returns the exit status (docs/CLI.md): 0 after a clean stop; 1 when the pool is busy, the
-// socket is taken, a named export does not exist, or the final commit fails; 2 for a bad
-// option (listen address); 3 when the pool is damaged or not a pool.
+// socket is taken, a named export does not exist, the TLS credentials cannot be loaded, or
+// the final commit fails; 2 for a bad option (listen address, TLS without credentials or
+// with both kinds, an export name that is no valid volume name); 3 when the pool is damaged
+// or not a pool.
 // Installs SIGINT/SIGTERM handlers for its duration (restored before it returns).
 int serve(const ServeOptions& opts);
 

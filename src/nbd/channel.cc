@@ -16,38 +16,16 @@ bool is_peer_closed(const Error& e) {
   return e.what == kPeerClosed;
 }
 
-Channel::Channel(int fd) : fd_(fd) {}
-
-Channel::~Channel() {
-  if (fd_ >= 0) ::close(fd_);
-}
-
 Result<void> Channel::read_exact(std::span<std::byte> buf, Clock::time_point deadline) {
   size_t done = 0;
   while (done < buf.size()) {
-    if (deadline != kNoDeadline) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      if (left.count() <= 0) return Error{Errc::kIo, ETIMEDOUT, kNoAddr, kTimedOut};
-      pollfd p{fd_, POLLIN, 0};
-      int r = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 1 << 30)));
-      if (r < 0) {
-        if (errno == EINTR) continue;
-        return sys_error("poll");
-      }
-      if (r == 0) continue;  // re-check the deadline
+    auto n = read_some(buf.subspan(done), deadline);
+    if (!n.ok()) {
+      Error e = n.error();
+      e.where = done;
+      return e;
     }
-    ssize_t n = ::recv(fd_, buf.data() + done, buf.size() - done, 0);
-    if (n > 0) {
-      done += static_cast<size_t>(n);
-    } else if (n == 0) {
-      return Error{Errc::kIo, 0, done, kPeerClosed};
-    } else if (errno == EINTR) {
-      continue;
-    } else if (errno == ECONNRESET || errno == EPIPE || errno == ENOTCONN) {
-      return Error{Errc::kIo, errno, done, kPeerClosed};
-    } else {
-      return sys_error("recv");
-    }
+    done += *n;
   }
   return {};
 }
@@ -62,7 +40,49 @@ Result<void> Channel::skip(uint64_t n, Clock::time_point deadline) {
   return {};
 }
 
-Result<void> Channel::write_all(std::span<const std::span<const std::byte>> pieces) {
+SocketChannel::SocketChannel(int fd) : fd_(fd) {}
+
+SocketChannel::~SocketChannel() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Result<bool> SocketChannel::wait_readable(Clock::time_point deadline) {
+  for (;;) {
+    int timeout = -1;
+    if (deadline != kNoDeadline) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      timeout = static_cast<int>(std::clamp<int64_t>(left.count(), 0, 1 << 30));
+    }
+    pollfd p{fd_, POLLIN, 0};
+    int r = ::poll(&p, 1, timeout);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return sys_error("poll");
+    }
+    if (r > 0) return true;
+    // Nothing yet: past the deadline that is the answer; else poll woke a little early.
+    if (Clock::now() >= deadline) return false;
+  }
+}
+
+Result<size_t> SocketChannel::read_some(std::span<std::byte> buf, Clock::time_point deadline) {
+  for (;;) {
+    if (deadline != kNoDeadline) {
+      TP_ASSIGN_OR_RETURN(bool ready, wait_readable(deadline));
+      if (!ready) return Error{Errc::kIo, ETIMEDOUT, kNoAddr, kTimedOut};
+    }
+    ssize_t n = ::recv(fd_, buf.data(), buf.size(), 0);
+    if (n > 0) return static_cast<size_t>(n);
+    if (n == 0) return Error{Errc::kIo, 0, kNoAddr, kPeerClosed};
+    if (errno == EINTR) continue;
+    if (errno == ECONNRESET || errno == EPIPE || errno == ENOTCONN) {
+      return Error{Errc::kIo, errno, kNoAddr, kPeerClosed};
+    }
+    return sys_error("recv");
+  }
+}
+
+Result<void> SocketChannel::write_all(std::span<const std::span<const std::byte>> pieces) {
   std::vector<iovec> iov;
   iov.reserve(pieces.size());
   for (auto p : pieces) {
@@ -93,17 +113,17 @@ Result<void> Channel::write_all(std::span<const std::span<const std::byte>> piec
   return {};
 }
 
-void Channel::set_send_timeout(std::chrono::milliseconds t) {
+void SocketChannel::set_send_timeout(std::chrono::milliseconds t) {
   timeval tv{};
   tv.tv_sec = static_cast<time_t>(t.count() / 1000);
   tv.tv_usec = static_cast<suseconds_t>((t.count() % 1000) * 1000);
   (void)::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
-void Channel::shutdown_read() {
+void SocketChannel::shutdown_read() {
   (void)::shutdown(fd_, SHUT_RD);
 }
-void Channel::shutdown_both() {
+void SocketChannel::shutdown_both() {
   (void)::shutdown(fd_, SHUT_RDWR);
 }
 

@@ -1,6 +1,9 @@
 #pragma once
-// A connected stream socket: exact reads with an optional deadline, gathered writes, and the
-// shutdown that wakes a blocked reader (graceful stop). Nothing here knows NBD.
+// The byte channel of one connection: exact reads with an optional deadline, gathered
+// writes, and the shutdown that wakes a blocked reader (graceful stop). Nothing here knows
+// NBD. Two implementations: SocketChannel (a connected stream socket) and TlsChannel
+// (nbd/tls.h, a TLS session layered over another channel after NBD_OPT_STARTTLS), so the
+// handshake and the session never know which one they talk to.
 //
 // Thread-safety: one thread reads while others write; writers must serialise among
 // themselves (the session's write mutex). shutdown_read()/shutdown_both() may be called from
@@ -26,34 +29,62 @@ bool is_peer_closed(const Error& e);
 
 class Channel {
  public:
-  // Takes ownership of fd (a connected SOCK_STREAM socket); sets MSG_NOSIGNAL semantics.
-  explicit Channel(int fd);
-  ~Channel();
+  Channel() = default;
+  virtual ~Channel() = default;
   Channel(const Channel&) = delete;
   Channel& operator=(const Channel&) = delete;
 
-  int fd() const { return fd_; }
+  // Reads at least one and at most buf.size() bytes (buf is not empty): kIo with what ==
+  // kPeerClosed at EOF, kTimedOut (sys_errno ETIMEDOUT) past the deadline.
+  virtual Result<size_t> read_some(std::span<std::byte> buf, Clock::time_point deadline) = 0;
+  // Waits until read_some would not block (data or EOF): true, or false at the deadline.
+  virtual Result<bool> wait_readable(Clock::time_point deadline) = 0;
 
-  // Reads exactly buf.size() bytes; kIo with what == kPeerClosed at EOF, kTimedOut (sys_errno
-  // ETIMEDOUT) past the deadline.
+  // Reads exactly buf.size() bytes; the errors of read_some (Error::where: bytes read).
   Result<void> read_exact(std::span<std::byte> buf, Clock::time_point deadline = kNoDeadline);
   // Reads and discards n bytes.
   Result<void> skip(uint64_t n, Clock::time_point deadline = kNoDeadline);
-  // Writes every piece, in order (sendmsg, retried on short writes). A write blocked longer
-  // than the send timeout fails with kIo.
-  Result<void> write_all(std::span<const std::span<const std::byte>> pieces);
+
+  // Writes every piece, in order. A write blocked longer than the send timeout fails with
+  // kIo; a peer gone is kIo with what == kPeerClosed.
+  virtual Result<void> write_all(std::span<const std::span<const std::byte>> pieces) = 0;
   Result<void> write_all(std::span<const std::byte> piece) {
     std::span<const std::byte> one[] = {piece};
     return write_all(one);
   }
-  // SO_SNDTIMEO: how long one blocked send may wait for the client to read (0: forever).
-  void set_send_timeout(std::chrono::milliseconds t);
+  // How long one blocked send may wait for the client to read (0: forever).
+  virtual void set_send_timeout(std::chrono::milliseconds t) = 0;
 
-  // Makes a blocked or later read_exact return kPeerClosed; writes still work, so replies
-  // to requests in flight can still be sent.
-  void shutdown_read();
+  // Makes a blocked or later read return kPeerClosed; writes still work, so replies to
+  // requests in flight can still be sent.
+  virtual void shutdown_read() = 0;
   // Ends the connection in both directions (hard disconnect).
-  void shutdown_both();
+  virtual void shutdown_both() = 0;
+  // Ends the connection politely after the last reply (TLS: close_notify); best effort,
+  // bounded by the send timeout. REQUIRES: no other thread uses the channel.
+  virtual void close_gracefully() {}
+
+  // True when the bytes on the wire are encrypted (a TLS session is running).
+  virtual bool encrypted() const { return false; }
+};
+
+// A connected SOCK_STREAM socket (TCP or Unix). Sends use MSG_NOSIGNAL.
+class SocketChannel final : public Channel {
+ public:
+  // Takes ownership of fd.
+  explicit SocketChannel(int fd);
+  ~SocketChannel() override;
+
+  int fd() const { return fd_; }
+
+  Result<size_t> read_some(std::span<std::byte> buf, Clock::time_point deadline) override;
+  Result<bool> wait_readable(Clock::time_point deadline) override;
+  using Channel::write_all;
+  Result<void> write_all(std::span<const std::span<const std::byte>> pieces) override;
+  // SO_SNDTIMEO.
+  void set_send_timeout(std::chrono::milliseconds t) override;
+  void shutdown_read() override;
+  void shutdown_both() override;
 
  private:
   int fd_;

@@ -40,14 +40,14 @@ constexpr uint32_t kKnownClientFlags = kClientFixedNewstyle | kClientNoZeroes;
 class Handshake {
  public:
   Handshake(Channel& ch, ExportCatalog& cat, Logger& log, Clock::time_point deadline,
-            const std::atomic<bool>& stopping)
-      : ch_(ch), cat_(cat), log_(log), deadline_(deadline), stopping_(stopping) {}
+            const std::atomic<bool>& stopping, const TlsPolicy& tls)
+      : ch_(&ch), cat_(cat), log_(log), deadline_(deadline), stopping_(stopping), tls_(tls) {}
 
   Result<std::optional<Negotiated>> run();
 
  private:
   Result<void> reply(uint32_t opt, uint32_t type, std::span<const std::byte> data = {}) {
-    return ch_.write_all(wire::encode_option_reply(opt, type, data));
+    return ch_->write_all(wire::encode_option_reply(opt, type, data));
   }
   Result<void> reply_error(uint32_t opt, uint32_t type, std::string_view msg) {
     log_.debug("nbd: {}: refused ({:#x}): {}", option_name(opt), type, msg);
@@ -72,13 +72,16 @@ class Handshake {
   Result<std::optional<Negotiated>> info_or_go(uint32_t opt, const std::vector<std::byte>& data);
   Result<void> list(const std::vector<std::byte>& data);
   Result<void> meta_context(uint32_t opt, const std::vector<std::byte>& data);
+  Result<void> start_tls(const std::vector<std::byte>& data);
   Negotiated finish(std::unique_ptr<BlockTarget> t, const std::string& name);
 
-  Channel& ch_;
+  Channel* ch_;  // the connection's channel, or tls_channel_ once STARTTLS ran
   ExportCatalog& cat_;
   Logger& log_;
   Clock::time_point deadline_;
   const std::atomic<bool>& stopping_;
+  const TlsPolicy& tls_;
+  std::unique_ptr<Channel> tls_channel_;
   bool no_zeroes_ = false;
   bool structured_ = false;
   std::string meta_export_;  // the (resolved) export SET_META_CONTEXT chose contexts for
@@ -86,9 +89,9 @@ class Handshake {
 };
 
 Result<std::optional<Negotiated>> Handshake::run() {
-  TP_TRY(ch_.write_all(wire::encode_greeting(kServerFlags)));
+  TP_TRY(ch_->write_all(wire::encode_greeting(kServerFlags)));
   std::byte cf[4];
-  TP_TRY(ch_.read_exact(cf, deadline_));
+  TP_TRY(ch_->read_exact(cf, deadline_));
   uint32_t client_flags = wire::load_be32(cf);
   if (client_flags & ~kKnownClientFlags) {
     // proto.md: the server MUST drop the connection on a client flag it does not know.
@@ -98,7 +101,7 @@ Result<std::optional<Negotiated>> Handshake::run() {
 
   for (unsigned n = 0; n < kMaxOptions; n++) {
     std::byte hb[kOptionHeaderBytes];
-    TP_TRY(ch_.read_exact(hb, deadline_));
+    TP_TRY(ch_->read_exact(hb, deadline_));
     TP_ASSIGN_OR_RETURN(wire::OptionHeader h, wire::decode_option_header(hb));
     if (h.length > kMaxOptionBytes) {
       // NBD_OPT_EXPORT_NAME cannot answer with an error, and a huge length cannot be
@@ -106,12 +109,12 @@ Result<std::optional<Negotiated>> Handshake::run() {
       if (h.option == kOptExportName || h.length > kMaxSkippedOptionBytes) {
         return make_error(Errc::kInvalidArgument, "option data too long", h.length);
       }
-      TP_TRY(ch_.skip(h.length, deadline_));
+      TP_TRY(ch_->skip(h.length, deadline_));
       TP_TRY(reply_error(h.option, kRepErrTooBig, "option data too long"));
       continue;
     }
     std::vector<std::byte> data(h.length);
-    TP_TRY(ch_.read_exact(data, deadline_));
+    TP_TRY(ch_->read_exact(data, deadline_));
     log_.debug("nbd: option {} ({} bytes)", option_name(h.option), h.length);
 
     if (stopping_.load() && h.option != kOptAbort) {
@@ -119,6 +122,18 @@ Result<std::optional<Negotiated>> Handshake::run() {
         return make_error(Errc::kBusy, "server is shutting down");
       }
       TP_TRY(reply_error(h.option, kRepErrShutdown, "server is shutting down"));
+      continue;
+    }
+    if (h.option == kOptStartTls) {
+      TP_TRY(start_tls(data));
+      continue;
+    }
+    if (!tls_channel_ && tls_.mode == TlsMode::kRequire && h.option != kOptAbort) {
+      // FORCEDTLS: not even the list of exports is given out in clear.
+      if (h.option == kOptExportName) {
+        return make_error(Errc::kInvalidArgument, "NBD_OPT_EXPORT_NAME before STARTTLS");
+      }
+      TP_TRY(reply_error(h.option, kRepErrTlsReqd, "TLS is required: send NBD_OPT_STARTTLS"));
       continue;
     }
     switch (h.option) {
@@ -165,6 +180,7 @@ Negotiated Handshake::finish(std::unique_ptr<BlockTarget> t, const std::string& 
   n.structured = structured_;
   // Contexts chosen for another export do not apply to this one (as nbdkit does).
   if (structured_ && meta_export_ == name) n.contexts = contexts_;
+  n.tls = std::move(tls_channel_);  // ch_ still points at it
   return n;
 }
 
@@ -178,7 +194,7 @@ Result<std::optional<Negotiated>> Handshake::export_name(const std::vector<std::
   // This option has no error reply: an export we cannot open ends the session.
   TP_ASSIGN_OR_RETURN(auto t, cat_.open(name));
   Negotiated n = finish(std::move(t), name);
-  TP_TRY(ch_.write_all(wire::encode_export_name_reply(n.target->size(), n.eflags, no_zeroes_)));
+  TP_TRY(ch_->write_all(wire::encode_export_name_reply(n.target->size(), n.eflags, no_zeroes_)));
   return std::optional<Negotiated>(std::move(n));
 }
 
@@ -311,12 +327,35 @@ Result<void> Handshake::meta_context(uint32_t opt, const std::vector<std::byte>&
   return reply(opt, kRepAck);
 }
 
+Result<void> Handshake::start_tls(const std::vector<std::byte>& data) {
+  if (tls_.mode == TlsMode::kOff || tls_.credentials == nullptr) {
+    return reply_error(kOptStartTls, kRepErrUnsup, "TLS is not enabled on this server");
+  }
+  if (tls_channel_) {
+    return reply_error(kOptStartTls, kRepErrInvalid, "TLS is already running");
+  }
+  if (!data.empty()) {
+    return reply_error(kOptStartTls, kRepErrInvalid, "NBD_OPT_STARTTLS takes no data");
+  }
+  TP_TRY(reply(kOptStartTls, kRepAck));
+  // From the ACK on, only TLS: a failed handshake ends the connection (proto.md).
+  TP_ASSIGN_OR_RETURN(tls_channel_, tls_.credentials->handshake(*ch_, deadline_));
+  ch_ = tls_channel_.get();
+  // What was negotiated in clear could have been chosen by someone in the middle.
+  structured_ = false;
+  contexts_.clear();
+  meta_export_.clear();
+  log_.debug("nbd: TLS session started");
+  return {};
+}
+
 }  // namespace
 
 Result<std::optional<Negotiated>> negotiate(Channel& ch, ExportCatalog& catalog, Logger& log,
                                             Clock::time_point deadline,
-                                            const std::atomic<bool>& stopping) {
-  Handshake h(ch, catalog, log, deadline, stopping);
+                                            const std::atomic<bool>& stopping,
+                                            const TlsPolicy& tls) {
+  Handshake h(ch, catalog, log, deadline, stopping, tls);
   return h.run();
 }
 

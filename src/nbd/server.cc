@@ -20,7 +20,7 @@ namespace tp::nbd {
 
 struct Server::Conn {
   explicit Conn(int fd, std::string p) : ch(fd), peer(std::move(p)) {}
-  Channel ch;
+  SocketChannel ch;
   std::string peer;
   std::thread th;
   std::atomic<bool> done{false};
@@ -50,7 +50,12 @@ Result<int> listen_unix(const std::string& path) {
   }
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return sys_error("socket");
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 64) != 0) {
+  // Owner-only, whatever the umask: a client of this socket reads and writes every export.
+  // The umask covers the window between bind and chmod (as for the control socket).
+  mode_t old_umask = ::umask(0177);
+  int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  ::umask(old_umask);
+  if (rc != 0 || ::chmod(path.c_str(), 0600) != 0 || ::listen(fd, 64) != 0) {
     Error e = sys_error("bind/listen on the Unix socket");
     ::close(fd);
     return e;
@@ -100,6 +105,9 @@ Server::~Server() {
 }
 
 Result<void> Server::start() {
+  if (opts_.tls != TlsMode::kOff && !opts_.tls_credentials) {
+    return make_error(Errc::kInvalidArgument, "TLS enabled without credentials");
+  }
   if (::pipe2(wake_, O_CLOEXEC) != 0) return sys_error("pipe");
   if (!opts_.unix_path.empty()) {
     TP_ASSIGN_OR_RETURN(unix_fd_, listen_unix(opts_.unix_path));
@@ -180,7 +188,8 @@ void Server::adopt(int fd, const std::string& peer) {
 void Server::serve(Conn& c) {
   log_.debug("nbd: connection from {}", c.peer);
   c.ch.set_send_timeout(opts_.handshake_timeout);
-  auto n = negotiate(c.ch, catalog_, log_, Clock::now() + opts_.handshake_timeout, stopping_);
+  TlsPolicy tls{opts_.tls, opts_.tls_credentials.get()};
+  auto n = negotiate(c.ch, catalog_, log_, Clock::now() + opts_.handshake_timeout, stopping_, tls);
   if (!n.ok()) {
     const Error& e = n.error();
     if (is_peer_closed(e)) {
@@ -197,10 +206,14 @@ void Server::serve(Conn& c) {
     return;
   }
   Negotiated& neg = **n;
-  log_.debug("nbd: {}: serving export {} ({} bytes{}{})", c.peer, neg.export_name,
+  log_.debug("nbd: {}: serving export {} ({} bytes{}{}{})", c.peer, neg.export_name,
              neg.target->size(), neg.structured ? ", structured replies" : "",
-             neg.target->read_only() ? ", read-only" : "");
-  run_session(c.ch, neg, log_, opts_.session);
+             neg.target->read_only() ? ", read-only" : "", neg.tls ? ", TLS" : "");
+  // The TLS channel, when there is one, reads and writes through c.ch: stop() shutting c.ch
+  // down still wakes the session's reader.
+  Channel& ch = neg.tls ? *neg.tls : static_cast<Channel&>(c.ch);
+  run_session(ch, neg, log_, opts_.session);
+  ch.close_gracefully();
 }
 
 void Server::reap_locked(bool all) {

@@ -22,14 +22,21 @@
 #include "nbd/logger.h"
 #include "nbd/session.h"
 #include "nbd/target.h"
+#include "nbd/tls.h"
 
 namespace tp::nbd {
 
 struct ServerOptions {
-  std::string unix_path;   // "" for none; a stale socket file there is replaced
+  std::string unix_path;   // "" for none; a stale socket file there is replaced; created
+                           // with mode 0600 (owner only) whatever the umask
   std::string tcp_listen;  // "" for none, else "ADDR:PORT" (IPv4 literal or "localhost";
                            // PORT 0 picks a free port, see tcp_port())
+  // The whole handshake (options and, with STARTTLS, the TLS handshake) must finish in
+  // this time, or the connection is dropped.
   std::chrono::milliseconds handshake_timeout{10000};
+  TlsMode tls = TlsMode::kOff;
+  // Shared by every connection (and by whoever loaded them). REQUIRES: set unless tls is kOff.
+  std::shared_ptr<const TlsCredentials> tls_credentials;
   unsigned max_connections = 256;  // more are accepted and closed at once
   SessionOptions session;
 };
@@ -42,7 +49,8 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   // Binds and listens, then accepts on a background thread. kBusy if a live server already
-  // owns unix_path; kInvalidArgument for a bad address; kIo for socket errors.
+  // owns unix_path; kInvalidArgument for a bad address or TLS without credentials; kIo for
+  // socket errors.
   Result<void> start();
   // Serves an already-connected stream socket as a new connection (tests use socketpairs).
   // Takes ownership of fd. After stop() the fd is closed at once.

@@ -137,6 +137,21 @@ TEST_F(PoolExportTest, EveryVolumeIsAnExportAndSnapshotsAreReadOnly) {
   EXPECT_EQ(cat.open("nope").error().code, Errc::kNotFound);
 }
 
+TEST_F(PoolExportTest, ExportNamesThatCannotNameAVolumeAreNotFound) {
+  PoolCatalog cat(*pool, commit, {}, "");
+  const std::string overlong(129, 'v');
+  for (const std::string& bad :
+       {std::string("../vol"), std::string("vol/"), std::string("/vol"), std::string("a/../vol"),
+        std::string("."), std::string(".."), std::string("-vol"), std::string("vol\0x", 5),
+        std::string("vol\n"), std::string(""), overlong, std::string(4096, 'x')}) {
+    auto r = cat.open(bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.error().code, Errc::kNotFound) << bad;
+  }
+  EXPECT_TRUE(cat.uses().empty());
+  EXPECT_TRUE(cat.open("vol").ok());  // the real name still opens
+}
+
 TEST_F(PoolExportTest, ChosenExportsAndTheDefault) {
   PoolCatalog only(*pool, commit, {"vol"}, "");
   ASSERT_EQ(only.list().size(), 1u);

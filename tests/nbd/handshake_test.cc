@@ -194,6 +194,22 @@ TEST_F(HandshakeTest, ExportNameOfAnUnknownExportEndsTheConnection) {
   expect_server_works();
 }
 
+TEST_F(HandshakeTest, ExportNamesOverTheStringLimitAreRefusedBeforeAnyLookup) {
+  const std::string huge(kMaxStringBytes + 1, 'v');
+  auto c = greeted();
+  auto r = c->option(kOptGo, wire::encode_info_request({huge, {}}));
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].type, kRepErrInvalid);
+  EXPECT_EQ(c->option(kOptInfo, wire::encode_info_request({huge, {kInfoName}})).back().type,
+            kRepErrInvalid);
+  c->go("vol");  // the connection goes on
+  // NBD_OPT_EXPORT_NAME cannot answer an error: the connection ends.
+  auto d = greeted();
+  d->send_option(kOptExportName, bytes(huge));
+  EXPECT_TRUE(d->closed_by_server());
+  expect_server_works();
+}
+
 TEST_F(HandshakeTest, MetaContextsNeedStructuredRepliesFirst) {
   auto c = greeted();
   auto q = wire::encode_meta_request({"vol", {"base:allocation"}});

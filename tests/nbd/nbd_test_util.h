@@ -23,6 +23,7 @@
 #include "nbd/protocol.h"
 #include "nbd/server.h"
 #include "nbd/target.h"
+#include "nbd/tls.h"
 #include "nbd/wire.h"
 
 namespace tp::nbd::testing {
@@ -51,8 +52,10 @@ struct MemDisk {
   std::atomic<int> writes{0};
   std::atomic<int> fua_writes{0};
   std::atomic<int> provisions{0};  // zero() with no_hole
-  // A gate: when closed, reads block until it opens (tests of in-flight requests).
+  // A gate: when closed, reads (and writes too with gate_writes) block until it opens
+  // (tests of in-flight requests).
   bool gate_closed = false;
+  bool gate_writes = false;
   std::atomic<int> waiting{0};
   std::condition_variable gate_cv;
   void open_gate() {
@@ -82,7 +85,12 @@ class MemTarget : public BlockTarget {
     return {};
   }
   Result<void> write(uint64_t off, std::span<const std::byte> buf, bool fua) override {
-    std::lock_guard lk(d_->mu);
+    std::unique_lock lk(d_->mu);
+    if (d_->gate_closed && d_->gate_writes) {
+      d_->waiting++;
+      d_->gate_cv.wait(lk, [&] { return !d_->gate_closed; });
+      d_->waiting--;
+    }
     TP_TRY(check(off, buf.size()));
     if (d_->read_only) return make_error(Errc::kReadOnly, "read-only");
     std::memcpy(d_->data.data() + off, buf.data(), buf.size());
@@ -219,27 +227,20 @@ struct Reply {
   std::vector<std::byte> payload;  // chunk payload (structured replies)
 };
 
-// The client end of a connection, speaking raw protocol.
+// The client end of a connection, speaking raw protocol, in clear or (after start_tls) over
+// TLS with the server's own TLS channel code in the client role.
 class Client {
  public:
-  explicit Client(int fd) : fd_(fd) {}
-  ~Client() {
-    if (fd_ >= 0) ::close(fd_);
-  }
+  explicit Client(int fd) : sock_(std::make_unique<SocketChannel>(fd)) {}
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
+  Channel& ch() { return tls_ ? *tls_ : static_cast<Channel&>(*sock_); }
+  bool encrypted() { return ch().encrypted(); }
+
   // Reads exactly n bytes; false on EOF or timeout.
   bool read(std::span<std::byte> b, int timeout_ms = 5000) {
-    size_t done = 0;
-    while (done < b.size()) {
-      pollfd p{fd_, POLLIN, 0};
-      if (::poll(&p, 1, timeout_ms) <= 0) return false;
-      ssize_t n = ::recv(fd_, b.data() + done, b.size() - done, 0);
-      if (n <= 0) return false;
-      done += static_cast<size_t>(n);
-    }
-    return true;
+    return ch().read_exact(b, Clock::now() + std::chrono::milliseconds(timeout_ms)).ok();
   }
   std::vector<std::byte> read_n(size_t n) {
     std::vector<std::byte> b(n);
@@ -247,23 +248,29 @@ class Client {
     return b;
   }
   void write(std::span<const std::byte> b) {
-    size_t done = 0;
-    while (done < b.size()) {
-      ssize_t n = ::send(fd_, b.data() + done, b.size() - done, MSG_NOSIGNAL);
-      if (n <= 0) throw std::runtime_error("write to server failed");
-      done += static_cast<size_t>(n);
-    }
+    if (!ch().write_all(b).ok()) throw std::runtime_error("write to server failed");
   }
-  // True when the server has closed the connection (EOF within the timeout).
+  // True when the server has closed the connection (EOF, or a broken TLS session, within
+  // the timeout); false on a timeout or when data comes instead.
   bool closed_by_server(int timeout_ms = 5000) {
     std::byte b;
-    pollfd p{fd_, POLLIN, 0};
-    if (::poll(&p, 1, timeout_ms) <= 0) return false;
-    return ::recv(fd_, &b, 1, 0) <= 0;
+    auto r = ch().read_some(std::span(&b, 1), Clock::now() + std::chrono::milliseconds(timeout_ms));
+    if (r.ok()) return false;
+    return r.error().what != kTimedOut;
   }
-  void close_now() {
-    ::close(fd_);
-    fd_ = -1;
+  // Hangs up (both directions).
+  void close_now() { sock_->shutdown_both(); }
+  // Sets a send timeout on the socket (tests that fill the server's socket buffers).
+  int fd() const { return sock_->fd(); }
+
+  // NBD_OPT_STARTTLS; on ACK, the TLS handshake with creds. Returns the option reply type.
+  uint32_t start_tls(const TlsCredentials& creds) {
+    auto r = option(kOptStartTls);
+    if (r.back().type != kRepAck) return r.back().type;
+    auto t = creds.handshake(*sock_, Clock::now() + std::chrono::seconds(5));
+    if (!t.ok()) throw std::runtime_error(std::string("TLS handshake: ") + t.error().what);
+    tls_ = std::move(*t);
+    return kRepAck;
   }
 
   // Reads the greeting and sends client flags. Returns the handshake flags.
@@ -377,7 +384,8 @@ class Client {
   std::map<std::string, uint32_t> context_ids;
 
  private:
-  int fd_;
+  std::unique_ptr<SocketChannel> sock_;
+  std::unique_ptr<Channel> tls_;  // over sock_; declared after it, destroyed before it
   uint64_t cookie_ = 100;
 };
 

@@ -5,7 +5,10 @@
 #include "nbd/session.h"
 
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
 
+#include <cerrno>
 #include <numeric>
 #include <set>
 #include <thread>
@@ -352,6 +355,96 @@ TEST_F(SessionTest, StopFinishesRequestsInFlightThenCloses) {
   EXPECT_TRUE(c->closed_by_server());
   stopper.join();
   EXPECT_EQ(h.server.connections(), 0u);
+}
+
+// Sends stream without blocking until all of it is sent or the server stops reading (no
+// progress for a second); returns the bytes sent. A slow server only makes it stop early.
+size_t push_until_stalled(int fd, std::span<const std::byte> stream) {
+  size_t sent = 0;
+  while (sent < stream.size()) {
+    ssize_t n = ::send(fd, stream.data() + sent, stream.size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n > 0) {
+      sent += static_cast<size_t>(n);
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      pollfd p{fd, POLLOUT, 0};
+      if (::poll(&p, 1, 1000) == 0) break;
+    } else {
+      throw std::runtime_error("send to server failed");
+    }
+  }
+  return sent;
+}
+
+// n WRITE requests of len bytes each at offset 0, cookies 1..n, back to back.
+std::vector<std::byte> write_stream(int n, uint32_t len) {
+  std::vector<std::byte> out;
+  out.reserve(size_t(n) * (kRequestHeaderBytes + len));
+  auto data = pattern(len, 4);
+  for (int i = 1; i <= n; i++) {
+    auto h = wire::encode_request({0, kCmdWrite, uint64_t(i), 0, len});
+    out.insert(out.end(), h.begin(), h.end());
+    out.insert(out.end(), data.begin(), data.end());
+  }
+  return out;
+}
+
+// A client pipelines n writes while the target is stalled: the server must stop taking
+// requests at its limits (the rest waits in the socket, not in server memory); once the
+// target moves again every request is answered.
+void expect_reader_stops_at_the_limit(const SessionOptions& so, int n, uint32_t len,
+                                      size_t max_accepted_bytes) {
+  ServerOptions o;
+  o.session = so;
+  Harness capped(o);
+  auto d = std::make_shared<MemDisk>(kSize);
+  capped.catalog.add("vol", d);
+  auto c = capped.connect();
+  c->greet();
+  c->go("vol", false);
+  {
+    std::lock_guard lk(d->mu);
+    d->gate_closed = d->gate_writes = true;
+  }
+  auto stream = write_stream(n, len);
+  size_t sent = push_until_stalled(c->fd(), stream);
+  EXPECT_LT(sent, max_accepted_bytes) << "the server kept reading requests it could not run";
+  EXPECT_LE(d->waiting.load(), int(so.workers));
+  d->open_gate();
+  // Replies are read while the rest is written: a client that does not read its replies
+  // would stall the server's writers and so its reader (by design).
+  std::set<uint64_t> cookies;
+  int errors = 0;
+  std::thread reader([&] {
+    for (int i = 0; i < n; i++) {
+      auto r = c->reply();
+      if (!r) return;
+      errors += r->h.error != 0;
+      cookies.insert(r->h.cookie);
+    }
+  });
+  c->write(std::span(stream).subspan(sent));
+  reader.join();
+  EXPECT_EQ(errors, 0);
+  EXPECT_EQ(cookies.size(), size_t(n));
+  EXPECT_EQ(d->writes.load(), n);
+}
+
+TEST_F(SessionTest, InflightBytesAreCappedPerConnection) {
+  SessionOptions so;
+  so.workers = 1;
+  so.max_inflight_bytes = 4 << 20;
+  so.max_inflight_requests = 1024;
+  // 64 writes of 1 MiB: 4 MiB in flight, plus what the socket buffers hold.
+  expect_reader_stops_at_the_limit(so, 64, 1 << 20, 16 << 20);
+}
+
+TEST_F(SessionTest, InflightRequestsAreCappedPerConnection) {
+  SessionOptions so;
+  so.workers = 2;
+  so.max_inflight_bytes = 1ull << 30;
+  so.max_inflight_requests = 8;
+  // 4096 writes of 4 KiB (16 MiB): 8 in flight, plus what the socket buffers hold.
+  expect_reader_stops_at_the_limit(so, 4096, 4096, 4 << 20);
 }
 
 TEST_F(SessionTest, ConnectionsShareTheExport) {
