@@ -235,7 +235,7 @@ Result<CatalogFile> CatalogFile::create(const std::string& path, const Catalog& 
   TP_ASSIGN_OR_RETURN(std::string rec, encode_catalog(initial, trans_id, 1));
   Result<void> r;
   {
-    Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
     if (!fd.ok()) {
       if (errno == EEXIST) {
         return make_error(Errc::kExists, "catalog file already exists", kNoAddr, EEXIST);
@@ -337,7 +337,7 @@ Result<void> CatalogFile::compact(uint64_t trans_id) {
   std::string tmp = path_ + ".tmp";
   Result<void> r;
   {
-    Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     if (!fd.ok()) return sys_error("cannot create catalog.tmp");
     r = pwrite_all(fd.get(), out, 0);
     if (r.ok() && ::fsync(fd.get()) != 0) r = sys_error("fsync of catalog.tmp failed");

@@ -231,7 +231,7 @@ Result<std::unique_ptr<BlockDevice>> create_file(const std::string& path, uint64
   if (size > static_cast<uint64_t>(std::numeric_limits<off_t>::max())) {
     return make_error(Errc::kInvalidArgument, "create: size too large", size);
   }
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) return open_error();
   if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
     Error e = sys_error("ftruncate", size);

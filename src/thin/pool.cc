@@ -32,7 +32,7 @@ bool exists(const std::string& p) {
 // Takes the pool's lock file exclusively, without waiting.
 Result<int> take_lock(const std::string& dir) {
   std::string p = path_in(dir, kLockFile);
-  int fd = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  int fd = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) return sys_error("open lock file");
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     int e = errno;
@@ -111,7 +111,7 @@ Result<std::unique_ptr<Pool>> Pool::create(const std::string& dir, const PoolOpt
   if (meta_bytes < (1 << 20)) {
     return make_error(Errc::kInvalidArgument, "metadata size must be at least 1 MiB");
   }
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return sys_error("create pool directory");
   }
   for (const char* f : {kMetadataFile, kDataFile, kCatalogFile}) {

@@ -8,6 +8,11 @@
 
 tp init --size 64M >/dev/null
 tp create vol --size 16M >/dev/null
+# The pool holds every volume's bytes: owner-only, whatever the umask.
+[ "$(stat -c %a "$P")" = 700 ] || fail "pool directory is $(stat -c %a "$P"), want 700"
+for f in data metadata catalog lock; do
+  [ "$(stat -c %a "$P/$f")" = 600 ] || fail "$f is $(stat -c %a "$P/$f"), want 600"
+done
 
 # 4 MiB: random, a zero MiB, then 2 MiB random.
 { head -c $MiB /dev/urandom; head -c $MiB /dev/zero; head -c $((2 * MiB)) /dev/urandom; } \
