@@ -29,7 +29,8 @@ namespace tp::fuzz {
 
 // A directory of this process's own under $TMPDIR (or /tmp), removed at exit.
 inline const std::string& scratch_dir() {
-  static const std::string dir = [] {
+  // Never freed: the exit handler below runs after static destructors would have.
+  static const std::string* dir = [] {
     const char* t = std::getenv("TMPDIR");
     std::string tmpl = std::string(t && *t ? t : "/tmp") + "/tp-fuzz-XXXXXX";
     if (!::mkdtemp(tmpl.data())) {
@@ -40,9 +41,9 @@ inline const std::string& scratch_dir() {
       std::error_code ec;
       std::filesystem::remove_all(scratch_dir(), ec);
     });
-    return tmpl;
+    return new std::string(tmpl);
   }();
-  return dir;
+  return *dir;
 }
 
 inline void write_file(const std::string& path, std::span<const std::byte> bytes) {

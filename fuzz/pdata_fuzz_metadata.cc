@@ -70,7 +70,7 @@ Base make_base() {
       must(md.insert(5, v, *e).ok(), "insert");
     }
     // Blocks in the second and third data bitmap.
-    for (uint64_t v = 0; v < 3; v++) {
+    for (uint64_t v = 0; v < 2; v++) {
       uint64_t b = (v + 1) * kEntriesPerBitmap + 17;
       must(md.inc_data_block(b).ok(), "inc");
       must(md.insert(5, 1000 + v, b).ok(), "insert far");

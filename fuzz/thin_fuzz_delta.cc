@@ -87,7 +87,7 @@ void check_entries(const DeltaFile& df, uint64_t file_size) {
   }
 }
 
-void apply(const std::string& path, bool stage) {
+void apply_to_pool(const std::string& path, bool stage) {
   PoolHolder& p = pool();
   auto r = apply_update(*p.pool, "base", path, stage);
   if (!r.ok()) {
@@ -128,6 +128,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   check_entries(*mem, d.size());
   TP_FUZZ_REQUIRE(file->entries.size() == mem->entries.size());
   // The update reads the whole result back for its checksum: keep results small.
-  if ((mode & 4) && mem->header.result_size <= (4u << 20)) apply(path, mode & 8);
+  if ((mode & 4) && mem->header.result_size <= (4u << 20)) apply_to_pool(path, mode & 8);
   return 0;
 }
