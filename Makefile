@@ -2,11 +2,18 @@
 SHELL := /bin/bash
 BUILD ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+TSAN_BUILD ?= build-tsan
+FUZZ_TARGETS := pdata_fuzz_block pdata_fuzz_metadata catalog_fuzz thin_fuzz_delta \
+  nbd_fuzz_request nbd_fuzz_handshake daemon_fuzz_control
+# Layers whose unit tests run under ThreadSanitizer (the ones with threads).
+TSAN_TESTS := thin_tests nbd_tests daemon_tests
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 CTEST_FLAGS ?= --output-on-failure
 
-.PHONY: all deps build test test-asan check-long bench demo format clean
+.PHONY: all deps build test test-asan test-tsan fuzz-build fuzz-smoke fuzz-long fuzz-corpus \
+  check-long bench demo format clean
 
 all: build
 
@@ -23,17 +30,54 @@ $(ASAN_BUILD)/build.ninja:
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DTP_SANITIZE=ON -DTP_BENCH=OFF \
 	  -DCMAKE_CXX_COMPILER=clang++ $(CMAKE_FLAGS)
 
+$(FUZZ_BUILD)/build.ninja:
+	cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTP_FUZZ=ON \
+	  -DTP_TESTS=OFF -DTP_BENCH=OFF -DCMAKE_CXX_COMPILER=clang++ $(CMAKE_FLAGS)
+
+$(TSAN_BUILD)/build.ninja:
+	cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTP_TSAN=ON \
+	  -DTP_BENCH=OFF -DCMAKE_CXX_COMPILER=clang++ $(CMAKE_FLAGS)
+
 # Every test (unit, oracle, crash slices, end-to-end) in the normal build, then the unit
-# tests again under AddressSanitizer + UndefinedBehaviorSanitizer (clang).
+# tests again under AddressSanitizer + UndefinedBehaviorSanitizer (clang), then 10 s of
+# each fuzz target.
 test: build $(ASAN_BUILD)/build.ninja
 	cd $(BUILD) && ctest $(CTEST_FLAGS) -j $(JOBS)
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && TP_QUICK=1 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  ctest $(CTEST_FLAGS) -j $(JOBS) -LE e2e
+	$(MAKE) fuzz-smoke
 
-# Long suites: every crash point, long fuzzing and soak runs.
+# The unit tests of the threaded layers under ThreadSanitizer (clang).
+test-tsan: deps $(TSAN_BUILD)/build.ninja
+	cmake --build $(TSAN_BUILD) -j $(JOBS) --target $(TSAN_TESTS)
+	@set -e; for t in $(TSAN_TESTS); do \
+	  echo "tsan: $$t"; \
+	  TP_QUICK=1 TP_SOURCE_DIR=$(CURDIR) TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+	    $(TSAN_BUILD)/tests/$$t --gtest_brief=1; \
+	done
+
+# libFuzzer targets (fuzz/, clang): built in FUZZ_BUILD, run on copies of fuzz/corpus.
+fuzz-build: deps $(FUZZ_BUILD)/build.ninja
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(FUZZ_TARGETS)
+
+fuzz-smoke: fuzz-build
+	@bash scripts/fuzz.sh $(FUZZ_BUILD) 10 $(FUZZ_TARGETS)
+
+fuzz-long: fuzz-build
+	@bash scripts/fuzz.sh $(FUZZ_BUILD) 60 $(FUZZ_TARGETS)
+
+# Rewrites the seed corpora from a real pool (after a format change); commit the result.
+fuzz-corpus: fuzz-build
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target gen_corpus
+	rm -rf fuzz/corpus && $(FUZZ_BUILD)/fuzz/gen_corpus fuzz/corpus
+
+# Long suites: every crash point, long fuzzing (60 s per target), soak runs, and the
+# ThreadSanitizer run.
 check-long: build
 	cd $(BUILD) && TP_LONG=1 ctest $(CTEST_FLAGS) -j $(JOBS) --timeout 7200
+	$(MAKE) fuzz-long
+	$(MAKE) test-tsan
 
 bench: build
 	@if [ -x $(BUILD)/bench/pdata_bench ]; then $(BUILD)/bench/pdata_bench; fi
@@ -46,4 +90,4 @@ format:
 	clang-format -i $$(git ls-files '*.cc' '*.h')
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(TSAN_BUILD)

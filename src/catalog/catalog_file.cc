@@ -284,6 +284,12 @@ Result<CatalogFile> CatalogFile::open(const std::string& path, uint64_t trans_id
 }
 
 Result<void> CatalogFile::write(const Catalog& c, uint64_t trans_id) {
+  // The next record's sequence must exceed the last one's, or the scan would take the new
+  // record for a torn tail and the write, though synced, would be lost. Only a damaged
+  // header (the crc covers the payload alone) can bring the sequence this far.
+  if (sequence_ == UINT64_MAX) {
+    return make_error(Errc::kCorruption, "catalog record sequence numbers are exhausted");
+  }
   TP_ASSIGN_OR_RETURN(std::string rec, encode_catalog(c, trans_id, sequence_ + 1));
   {
     Fd fd(::open(path_.c_str(), O_WRONLY | O_CLOEXEC));

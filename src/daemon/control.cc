@@ -208,8 +208,11 @@ void ControlServer::serve(Conn& c) {
   while (!stopping_ && reader.next(&line)) {
     std::string reply = handle(line);
     if (!write_line(c.fd, reply)) return;
+    // Only a request handle() accepted as "events" turns the connection into a stream. (Not
+    // req.value("op", ""): it throws when "op" is not a string, which killed the daemon.)
     auto req = nlohmann::json::parse(line, nullptr, false);
-    if (req.is_object() && req.value("op", "") == "events" && !reply.starts_with("{\"error\"")) {
+    auto op = req.is_object() ? req.find("op") : req.end();
+    if (op != req.end() && op->is_string() && *op == "events" && !reply.starts_with("{\"error\"")) {
       stream_events(c.fd);
       return;
     }

@@ -643,6 +643,30 @@ TEST(CatalogFile, OpenPicksTheLastRecordOfARetriedTransaction) {
   EXPECT_EQ(g->current(), numbered(3));
 }
 
+// Found by catalog_fuzz: a record whose (unchecksummed) header says sequence 2^64-1 made
+// the next write use sequence 0, which the scan then took for a torn tail: write() said ok,
+// but the generation it wrote could never be opened. Now the write is refused and the file
+// stays at the previous generation.
+TEST(CatalogFile, WriteAfterTheLastSequenceNumberIsRefused) {
+  TempDir dir;
+  std::string path = dir.file("catalog");
+  ASSERT_TRUE(CatalogFile::create(path, numbered(1), 1).ok());
+  std::string bytes = tp::testing::read_file(path);
+  bytes.replace(16, 8, std::string(8, '\xff'));  // sequence of the only record
+  tp::testing::write_file(path, bytes);
+  auto f = CatalogFile::open(path, 1);
+  ASSERT_TRUE(f.ok()) << f.error().to_string();
+  auto w = f->write(numbered(2), 2);
+  ASSERT_FALSE(w.ok());
+  EXPECT_EQ(w.error().code, Errc::kCorruption);
+  EXPECT_EQ(f->trans_id(), 1u);
+  EXPECT_EQ(f->current(), numbered(1));
+  EXPECT_EQ(tp::testing::read_file(path), bytes);
+  auto again = CatalogFile::open(path, 1);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->current(), numbered(1));
+}
+
 TEST(CatalogFile, OpenWithoutMatchingTransIdIsCorruption) {
   TempDir dir;
   std::string path = dir.file("catalog");

@@ -4,8 +4,7 @@
 // never asks to read more than a WRITE's own length, and option payloads that decode
 // re-encode to the same bytes.
 //
-// Build: cmake -DTP_FUZZ=ON -DCMAKE_CXX_COMPILER=clang++ ...; run: ./nbd_fuzz_request
-// -max_total_time=60
+// Build and run: make fuzz-smoke (see fuzz/README.md).
 
 #include <algorithm>
 #include <cstddef>
