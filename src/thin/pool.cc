@@ -135,7 +135,8 @@ Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir) {
   return open(dir, nullptr);
 }
 
-Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const DeviceWrapper& wrap) {
+Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const DeviceWrapper& wrap,
+                                          const DeviceWrapper& wrap_data) {
   struct stat st;
   if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return make_error(Errc::kCorruption, "not a pool: no such directory");
@@ -159,6 +160,7 @@ Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const DeviceWra
     return make_error(Errc::kCorruption, "catalog and metadata disagree on the block size");
   }
   TP_ASSIGN_OR_RETURN(p->data_, io::open_file(path_in(dir, kDataFile)));
+  if (wrap_data) p->data_ = wrap_data(std::move(p->data_));
   if (p->data_->size() < p->md_->nr_data_blocks() * p->block_bytes_) {
     return make_error(Errc::kCorruption, "data file is shorter than the pool");
   }

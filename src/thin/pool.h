@@ -132,11 +132,12 @@ class Pool {
   static Result<std::unique_ptr<Pool>> create(const std::string& dir, const PoolOptions& opts);
   // Opens the pool in dir, taking its lock (kBusy if another process holds it).
   static Result<std::unique_ptr<Pool>> open(const std::string& dir);
-  // The same, with the metadata device passed through wrap first (crash tests put a
-  // fault-injecting device there).
+  // The same, with the metadata device passed through wrap first and the data device through
+  // wrap_data (crash and I/O error tests put a fault-injecting or recording device there).
   using DeviceWrapper =
       std::function<std::unique_ptr<io::BlockDevice>(std::unique_ptr<io::BlockDevice>)>;
-  static Result<std::unique_ptr<Pool>> open(const std::string& dir, const DeviceWrapper& wrap);
+  static Result<std::unique_ptr<Pool>> open(const std::string& dir, const DeviceWrapper& wrap,
+                                            const DeviceWrapper& wrap_data = nullptr);
   ~Pool();
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
