@@ -136,7 +136,7 @@ Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir) {
 }
 
 Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const DeviceWrapper& wrap,
-                                          const DeviceWrapper& wrap_data) {
+                                         const DeviceWrapper& wrap_data) {
   struct stat st;
   if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return make_error(Errc::kCorruption, "not a pool: no such directory");
