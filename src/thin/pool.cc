@@ -227,7 +227,8 @@ Result<void> Pool::commit_locked() {
   dirty_ = false;
   // Blocks freed in the transaction are free in the committed state only now: give their
   // space back to the host filesystem. A failure here loses nothing (a new block is always
-  // punched or fully overwritten before it is mapped).
+  // punched or fully overwritten before it is mapped, and given its old content back if
+  // that overwrite fails).
   for (uint64_t b : md_->take_freed()) {
     (void)data_->discard(b * block_bytes_, block_bytes_);
   }
@@ -561,8 +562,8 @@ Result<void> Pool::check_writable_locked(uint64_t dev) {
   return {};
 }
 
-Result<uint64_t> Pool::prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t boff,
-                                            uint32_t len) {
+Result<uint64_t> Pool::prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t boff, uint32_t len,
+                                            Uninitialised* u) {
   TP_ASSIGN_OR_RETURN(auto m, md_->lookup(dev, vb));
   if (m && !m->shared) return m->data_block;  // exclusive: in place
   if (md_->nr_free_metadata_blocks() < kMetadataSlice) {
@@ -579,6 +580,9 @@ Result<uint64_t> Pool::prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t 
       (void)md_->dec_data_block(nb);
       return r.error();
     }
+  } else if (u) {
+    u->fresh = true;
+    u->old_block = m ? m->data_block : kNoOldBlock;
   }
   TP_TRY(md_->insert(dev, vb, nb));
   dirty_ = true;
@@ -636,7 +640,11 @@ Result<void> Pool::read(uint64_t dev, uint64_t off, std::span<std::byte> buf) {
 
 Result<void> Pool::write(uint64_t dev, uint64_t off, std::span<const std::byte> buf) {
   const uint64_t B = block_bytes_;
-  thread_local std::vector<std::pair<uint64_t, uint64_t>> targets;  // (vb, data block)
+  struct Target {
+    uint64_t vb, block;
+    Uninitialised u;
+  };
+  thread_local std::vector<Target> targets;
   uint64_t end = off + buf.size();
   uint64_t pos = off;
   bool committed_for_space = false;  // at most one commit per stretch of progress
@@ -653,13 +661,14 @@ Result<void> Pool::write(uint64_t dev, uint64_t off, std::span<const std::byte> 
       if (buf.empty()) return {};
       for (uint64_t vb = pos / B; vb * B < end; vb++) {
         uint64_t b_begin = std::max(pos, vb * B), b_end = std::min(end, (vb + 1) * B);
+        Uninitialised u;
         auto t = prepare_write_locked(dev, vb, static_cast<uint32_t>(b_begin - vb * B),
-                                      static_cast<uint32_t>(b_end - b_begin));
+                                      static_cast<uint32_t>(b_end - b_begin), &u);
         if (!t.ok()) {
           prep = t.error();
           break;
         }
-        targets.emplace_back(vb, *t);
+        targets.push_back({vb, *t, u});
       }
       if (targets.empty()) {
         if (!is_wait_commit(prep)) return prep;
@@ -678,16 +687,34 @@ Result<void> Pool::write(uint64_t dev, uint64_t off, std::span<const std::byte> 
     Result<void> res;
     for (size_t i = 0; i < targets.size() && res.ok();) {
       size_t j = i + 1;
-      while (j < targets.size() && targets[j].second == targets[j - 1].second + 1) j++;
-      uint64_t v_begin = std::max(pos, targets[i].first * B);
-      uint64_t v_end = std::min(end, (targets[j - 1].first + 1) * B);
-      uint64_t d = targets[i].second * B + (v_begin - targets[i].first * B);
+      while (j < targets.size() && targets[j].block == targets[j - 1].block + 1) j++;
+      uint64_t v_begin = std::max(pos, targets[i].vb * B);
+      uint64_t v_end = std::min(end, (targets[j - 1].vb + 1) * B);
+      uint64_t d = targets[i].block * B + (v_begin - targets[i].vb * B);
       res = data_->write(d, buf.subspan(v_begin - off, v_end - v_begin));
       i = j;
     }
+    if (!res.ok()) {
+      // The new blocks this write was to fill are already mapped: give them the content
+      // they replace (a failed write leaves the old data, never some other volume's). Still
+      // in flight, so no commit can free and reuse an old block meanwhile. If even that
+      // fails, the mappings must never be committed: the pool turns read-only.
+      Result<void> fix;
+      for (const Target& t : targets) {
+        if (!t.u.fresh) continue;
+        fix = t.u.old_block != kNoOldBlock ? data_->copy(t.u.old_block * B, t.block * B, B)
+                                           : data_->discard(t.block * B, B);
+        if (!fix.ok()) break;
+      }
+      end_io();
+      if (!fix.ok()) {
+        std::lock_guard lk(mu_);
+        (void)abort_locked(fix.error());
+      }
+      return res;
+    }
     end_io();
-    if (!res.ok()) return res;
-    pos = std::min(end, (targets.back().first + 1) * B);
+    pos = std::min(end, (targets.back().vb + 1) * B);
     if (!prep.ok() && !is_wait_commit(prep)) return prep;
   }
   return {};

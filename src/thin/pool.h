@@ -244,8 +244,17 @@ class Pool {
   Result<const catalog::VolumeRecord*> record_locked(const std::string& name);
   Result<const catalog::VolumeRecord*> record_by_dev_locked(uint64_t dev);
   Result<void> check_writable_locked(uint64_t dev);
-  // Maps the block for a write of [boff, boff+len) and returns its data block.
-  Result<uint64_t> prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t boff, uint32_t len);
+  // A block mapped for a write that covers all of it, without initialising it: if that write
+  // fails, the block must get the old content back (old_block, or zeros if kNoOldBlock).
+  static constexpr uint64_t kNoOldBlock = ~uint64_t{0};
+  struct Uninitialised {
+    bool fresh = false;
+    uint64_t old_block = kNoOldBlock;
+  };
+  // Maps the block for a write of [boff, boff+len) and returns its data block; a new block is
+  // initialised (copy of the old one, or zeros) unless the write covers it all (see u).
+  Result<uint64_t> prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t boff, uint32_t len,
+                                        Uninitialised* u = nullptr);
   Result<void> unmap_locked(uint64_t dev, uint64_t vb_begin, uint64_t vb_end);
   Result<void> remove_locked(const std::string& name);
   void begin_io_locked() { inflight_++; }
