@@ -209,7 +209,10 @@ Result<void> Pool::commit_locked() {
     note_state_locked();
     return r;
   }
-  if (!dirty_ && md_->data_sm().nr_pending_free() == 0) return {};
+  if (!dirty_ && md_->data_sm().nr_pending_free() == 0) {
+    unshared_.clear();
+    return {};
+  }
   uint64_t next = md_->trans_id() + 1;
   // The catalog generation goes first (two generations: see catalog.h), then the
   // metadata transaction with the superblock last.
@@ -225,6 +228,7 @@ Result<void> Pool::commit_locked() {
     return r;
   }
   dirty_ = false;
+  unshared_.clear();
   // Blocks freed in the transaction are free in the committed state only now: give their
   // space back to the host filesystem. A failure here loses nothing (a new block is always
   // punched or fully overwritten before it is mapped, and given its old content back if
@@ -565,7 +569,12 @@ Result<void> Pool::check_writable_locked(uint64_t dev) {
 Result<uint64_t> Pool::prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t boff, uint32_t len,
                                             Uninitialised* u) {
   TP_ASSIGN_OR_RETURN(auto m, md_->lookup(dev, vb));
-  if (m && !m->shared) return m->data_block;  // exclusive: in place
+  if (m && !m->shared) {
+    if (!unshared_.count(m->data_block)) return m->data_block;  // exclusive: in place
+    // Exclusive only since an uncommitted unmap or copy elsewhere: the committed state
+    // still shares it. Written in place after the next commit.
+    return make_error(Errc::kBusy, kWaitCommit);
+  }
   if (md_->nr_free_metadata_blocks() < kMetadataSlice) {
     return make_error(Errc::kNoSpace, "metadata space is low: only trim, remove and merge work");
   }

@@ -29,6 +29,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "catalog/catalog.h"
@@ -232,7 +233,8 @@ class Pool {
     return commit_locked();
   }
   Result<void> abort_locked(const Error& e);
-  // What allocation returns when only blocks freed in this transaction are left.
+  // What allocation returns when only blocks freed in this transaction are left, and what
+  // prepare_write_locked returns for a block in unshared_: a commit lets the write go on.
   static constexpr const char* kWaitCommit = "free blocks wait for a commit";
   static bool is_wait_commit(const Result<void>& r) {
     return !r.ok() && r.error().code == Errc::kBusy && r.error().what == kWaitCommit;
@@ -300,8 +302,12 @@ class Pool {
   PoolState last_state_ = PoolState::kOk;
   std::function<void(const PoolEvent&)> listener_;
   std::vector<int> hook_pids_;  // low-water hook processes not yet reaped
-  bool dirty_ = false;          // uncommitted changes
-  bool failed_ = false;         // a commit failed: read-only until reopened
+  // Data blocks shared in the last commit that an unmap or copy-on-write of this
+  // transaction left to a single volume. That volume must not write them in place before the
+  // next commit: after a crash the other volume's committed mapping would show its bytes.
+  std::unordered_set<uint64_t> unshared_;
+  bool dirty_ = false;   // uncommitted changes
+  bool failed_ = false;  // a commit failed: read-only until reopened
   std::mutex mu_;
   std::condition_variable io_done_;
   uint64_t inflight_ = 0;
