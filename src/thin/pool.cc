@@ -139,7 +139,8 @@ Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir) {
   return open(dir, nullptr);
 }
 
-Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const DeviceWrapper& wrap) {
+Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const DeviceWrapper& wrap,
+                                         const DeviceWrapper& wrap_data) {
   struct stat st;
   if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return make_error(Errc::kCorruption, "not a pool: no such directory");
@@ -163,6 +164,7 @@ Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const DeviceWra
     return make_error(Errc::kCorruption, "catalog and metadata disagree on the block size");
   }
   TP_ASSIGN_OR_RETURN(p->data_, io::open_file(path_in(dir, kDataFile)));
+  if (wrap_data) p->data_ = wrap_data(std::move(p->data_));
   if (p->data_->size() < p->md_->nr_data_blocks() * p->block_bytes_) {
     return make_error(Errc::kCorruption, "data file is shorter than the pool");
   }
@@ -211,7 +213,10 @@ Result<void> Pool::commit_locked() {
     note_state_locked();
     return r;
   }
-  if (!dirty_ && md_->data_sm().nr_pending_free() == 0) return {};
+  if (!dirty_ && md_->data_sm().nr_pending_free() == 0) {
+    unshared_.clear();
+    return {};
+  }
   uint64_t next = md_->trans_id() + 1;
   // The catalog generation goes first (two generations: see catalog.h), then the
   // metadata transaction with the superblock last.
@@ -227,9 +232,11 @@ Result<void> Pool::commit_locked() {
     return r;
   }
   dirty_ = false;
+  unshared_.clear();
   // Blocks freed in the transaction are free in the committed state only now: give their
   // space back to the host filesystem. A failure here loses nothing (a new block is always
-  // punched or fully overwritten before it is mapped).
+  // punched or fully overwritten before it is mapped, and given its old content back if
+  // that overwrite fails).
   for (uint64_t b : md_->take_freed()) {
     (void)data_->discard(b * block_bytes_, block_bytes_);
   }
@@ -563,10 +570,15 @@ Result<void> Pool::check_writable_locked(uint64_t dev) {
   return {};
 }
 
-Result<uint64_t> Pool::prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t boff,
-                                            uint32_t len) {
+Result<uint64_t> Pool::prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t boff, uint32_t len,
+                                            Uninitialised* u) {
   TP_ASSIGN_OR_RETURN(auto m, md_->lookup(dev, vb));
-  if (m && !m->shared) return m->data_block;  // exclusive: in place
+  if (m && !m->shared) {
+    if (!unshared_.count(m->data_block)) return m->data_block;  // exclusive: in place
+    // Exclusive only since an uncommitted unmap or copy elsewhere: the committed state
+    // still shares it. Written in place after the next commit.
+    return make_error(Errc::kBusy, kWaitCommit);
+  }
   if (md_->nr_free_metadata_blocks() < kMetadataSlice) {
     return make_error(Errc::kNoSpace, "metadata space is low: only trim, remove and merge work");
   }
@@ -581,6 +593,9 @@ Result<uint64_t> Pool::prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t 
       (void)md_->dec_data_block(nb);
       return r.error();
     }
+  } else if (u) {
+    u->fresh = true;
+    u->old_block = m ? m->data_block : kNoOldBlock;
   }
   TP_TRY(md_->insert(dev, vb, nb));
   dirty_ = true;
@@ -638,7 +653,11 @@ Result<void> Pool::read(uint64_t dev, uint64_t off, std::span<std::byte> buf) {
 
 Result<void> Pool::write(uint64_t dev, uint64_t off, std::span<const std::byte> buf) {
   const uint64_t B = block_bytes_;
-  thread_local std::vector<std::pair<uint64_t, uint64_t>> targets;  // (vb, data block)
+  struct Target {
+    uint64_t vb, block;
+    Uninitialised u;
+  };
+  thread_local std::vector<Target> targets;
   uint64_t end = off + buf.size();
   uint64_t pos = off;
   bool committed_for_space = false;  // at most one commit per stretch of progress
@@ -655,13 +674,14 @@ Result<void> Pool::write(uint64_t dev, uint64_t off, std::span<const std::byte> 
       if (buf.empty()) return {};
       for (uint64_t vb = pos / B; vb * B < end; vb++) {
         uint64_t b_begin = std::max(pos, vb * B), b_end = std::min(end, (vb + 1) * B);
+        Uninitialised u;
         auto t = prepare_write_locked(dev, vb, static_cast<uint32_t>(b_begin - vb * B),
-                                      static_cast<uint32_t>(b_end - b_begin));
+                                      static_cast<uint32_t>(b_end - b_begin), &u);
         if (!t.ok()) {
           prep = t.error();
           break;
         }
-        targets.emplace_back(vb, *t);
+        targets.push_back({vb, *t, u});
       }
       if (targets.empty()) {
         if (!is_wait_commit(prep)) return prep;
@@ -680,16 +700,34 @@ Result<void> Pool::write(uint64_t dev, uint64_t off, std::span<const std::byte> 
     Result<void> res;
     for (size_t i = 0; i < targets.size() && res.ok();) {
       size_t j = i + 1;
-      while (j < targets.size() && targets[j].second == targets[j - 1].second + 1) j++;
-      uint64_t v_begin = std::max(pos, targets[i].first * B);
-      uint64_t v_end = std::min(end, (targets[j - 1].first + 1) * B);
-      uint64_t d = targets[i].second * B + (v_begin - targets[i].first * B);
+      while (j < targets.size() && targets[j].block == targets[j - 1].block + 1) j++;
+      uint64_t v_begin = std::max(pos, targets[i].vb * B);
+      uint64_t v_end = std::min(end, (targets[j - 1].vb + 1) * B);
+      uint64_t d = targets[i].block * B + (v_begin - targets[i].vb * B);
       res = data_->write(d, buf.subspan(v_begin - off, v_end - v_begin));
       i = j;
     }
+    if (!res.ok()) {
+      // The new blocks this write was to fill are already mapped: give them the content
+      // they replace (a failed write leaves the old data, never some other volume's). Still
+      // in flight, so no commit can free and reuse an old block meanwhile. If even that
+      // fails, the mappings must never be committed: the pool turns read-only.
+      Result<void> fix;
+      for (const Target& t : targets) {
+        if (!t.u.fresh) continue;
+        fix = t.u.old_block != kNoOldBlock ? data_->copy(t.u.old_block * B, t.block * B, B)
+                                           : data_->discard(t.block * B, B);
+        if (!fix.ok()) break;
+      }
+      end_io();
+      if (!fix.ok()) {
+        std::lock_guard lk(mu_);
+        (void)abort_locked(fix.error());
+      }
+      return res;
+    }
     end_io();
-    if (!res.ok()) return res;
-    pos = std::min(end, (targets.back().first + 1) * B);
+    pos = std::min(end, (targets.back().vb + 1) * B);
     if (!prep.ok() && !is_wait_commit(prep)) return prep;
   }
   return {};

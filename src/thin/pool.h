@@ -29,6 +29,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "catalog/catalog.h"
@@ -137,11 +138,12 @@ class Pool {
   static Result<std::unique_ptr<Pool>> create(const std::string& dir, const PoolOptions& opts);
   // Opens the pool in dir, taking its lock (kBusy if another process holds it).
   static Result<std::unique_ptr<Pool>> open(const std::string& dir);
-  // The same, with the metadata device passed through wrap first (crash tests put a
-  // fault-injecting device there).
+  // The same, with the metadata device passed through wrap first and the data device through
+  // wrap_data (crash and I/O error tests put a fault-injecting or recording device there).
   using DeviceWrapper =
       std::function<std::unique_ptr<io::BlockDevice>(std::unique_ptr<io::BlockDevice>)>;
-  static Result<std::unique_ptr<Pool>> open(const std::string& dir, const DeviceWrapper& wrap);
+  static Result<std::unique_ptr<Pool>> open(const std::string& dir, const DeviceWrapper& wrap,
+                                            const DeviceWrapper& wrap_data = nullptr);
   ~Pool();
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
@@ -240,7 +242,8 @@ class Pool {
     return commit_locked();
   }
   Result<void> abort_locked(const Error& e);
-  // What allocation returns when only blocks freed in this transaction are left.
+  // What allocation returns when only blocks freed in this transaction are left, and what
+  // prepare_write_locked returns for a block in unshared_: a commit lets the write go on.
   static constexpr const char* kWaitCommit = "free blocks wait for a commit";
   static bool is_wait_commit(const Result<void>& r) {
     return !r.ok() && r.error().code == Errc::kBusy && r.error().what == kWaitCommit;
@@ -252,8 +255,17 @@ class Pool {
   Result<const catalog::VolumeRecord*> record_locked(const std::string& name);
   Result<const catalog::VolumeRecord*> record_by_dev_locked(uint64_t dev);
   Result<void> check_writable_locked(uint64_t dev);
-  // Maps the block for a write of [boff, boff+len) and returns its data block.
-  Result<uint64_t> prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t boff, uint32_t len);
+  // A block mapped for a write that covers all of it, without initialising it: if that write
+  // fails, the block must get the old content back (old_block, or zeros if kNoOldBlock).
+  static constexpr uint64_t kNoOldBlock = ~uint64_t{0};
+  struct Uninitialised {
+    bool fresh = false;
+    uint64_t old_block = kNoOldBlock;
+  };
+  // Maps the block for a write of [boff, boff+len) and returns its data block; a new block is
+  // initialised (copy of the old one, or zeros) unless the write covers it all (see u).
+  Result<uint64_t> prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t boff, uint32_t len,
+                                        Uninitialised* u = nullptr);
   Result<void> unmap_locked(uint64_t dev, uint64_t vb_begin, uint64_t vb_end);
   Result<void> remove_locked(const std::string& name);
   void begin_io_locked() { inflight_++; }
@@ -299,8 +311,12 @@ class Pool {
   PoolState last_state_ = PoolState::kOk;
   std::function<void(const PoolEvent&)> listener_;
   std::vector<int> hook_pids_;  // low-water hook processes not yet reaped
-  bool dirty_ = false;          // uncommitted changes
-  bool failed_ = false;         // a commit failed: read-only until reopened
+  // Data blocks shared in the last commit that an unmap or copy-on-write of this
+  // transaction left to a single volume. That volume must not write them in place before the
+  // next commit: after a crash the other volume's committed mapping would show its bytes.
+  std::unordered_set<uint64_t> unshared_;
+  bool dirty_ = false;   // uncommitted changes
+  bool failed_ = false;  // a commit failed: read-only until reopened
   std::mutex mu_;
   std::condition_variable io_done_;
   uint64_t inflight_ = 0;

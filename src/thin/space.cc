@@ -110,6 +110,7 @@ void Pool::note_space_locked() {
 }
 
 Result<void> Pool::release_shared_locked(uint64_t dev, uint64_t vb, uint64_t old_block) {
+  unshared_.insert(old_block);
   TP_ASSIGN_OR_RETURN(uint32_t left, md_->data_ref_count(old_block));
   if (left == 0 && g_.empty()) return {};
   for (auto& [d, g] : g_) {
@@ -258,7 +259,8 @@ Result<void> Pool::provision_zero(uint64_t dev, uint64_t off, uint64_t len) {
   uint64_t end = off + len;
   std::string name = rec->name;
   io_done_.wait(lk, [&] { return inflight_ == 0; });
-  if (md_->data_sm().nr_pending_free() > 0) TP_TRY(commit_locked());
+  // Zeroing in place a block in unshared_ needs a commit first, as a write does.
+  if (md_->data_sm().nr_pending_free() > 0 || !unshared_.empty()) TP_TRY(commit_locked());
   // Whole blocks: provisioned with zero content. Partial blocks at the edges: provisioned,
   // and only the requested bytes zeroed.
   uint64_t first = (off + B - 1) / B, last = end / B;

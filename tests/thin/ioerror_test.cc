@@ -1,0 +1,391 @@
+// I/O errors (issue 7): seeded runs of the mixed workload (tests/support/pool_workload.h) on a
+// pool whose data and metadata devices are FaultyDevices that fail reads or writes, once
+// (the Nth) or for good from a random point on. Each run checks that
+//   - a failed operation reports kIo (or kReadOnly once the pool is read-only),
+//   - a metadata write failure leaves the pool read-only (SEMANTICS.md "Pool states"):
+//     writes are refused, reads still work,
+//   - once the fault clears and the pool is closed and reopened: it opens, Pool::check and
+//     thin_check pass, every committed operation is there and a failed one is all-or-nothing
+//     (a failed write: each sector old or new), no sector shows bytes its volume never
+//     wrote, and new blocks read zeros.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "io/faulty_device.h"
+#include "support/pool_workload.h"
+#include "support/test_util.h"
+#include "thin/pool.h"
+
+namespace tp::thin {
+namespace {
+
+using namespace testing::workload;  // NOLINT: the test's own vocabulary
+namespace fs = std::filesystem;
+
+// Forwards to a device the test owns (the pool owns this thin shell).
+class Borrowed final : public io::BlockDevice {
+ public:
+  explicit Borrowed(io::BlockDevice& d) : d_(d) {}
+  uint64_t size() const override { return d_.size(); }
+  Result<void> read(uint64_t o, std::span<std::byte> b) override { return d_.read(o, b); }
+  Result<void> write(uint64_t o, std::span<const std::byte> b) override { return d_.write(o, b); }
+  Result<void> flush() override { return d_.flush(); }
+  Result<void> discard(uint64_t o, uint64_t l) override { return d_.discard(o, l); }
+  Result<void> write_zeroes(uint64_t o, uint64_t l) override { return d_.write_zeroes(o, l); }
+  Result<void> provision(uint64_t o, uint64_t l) override { return d_.provision(o, l); }
+  Result<void> copy(uint64_t s, uint64_t d, uint64_t l) override { return d_.copy(s, d, l); }
+  Result<void> resize(uint64_t n) override { return d_.resize(n); }
+  uint64_t allocated_bytes() const override { return d_.allocated_bytes(); }
+
+ private:
+  io::BlockDevice& d_;
+};
+
+Pool::DeviceWrapper borrow(io::BlockDevice& d) {
+  return [&d](std::unique_ptr<io::BlockDevice>) -> std::unique_ptr<io::BlockDevice> {
+    return std::make_unique<Borrowed>(d);
+  };
+}
+
+struct Base {
+  std::vector<std::byte> data, meta;
+  std::string catalog;
+  Model model;
+  uint32_t next_write = 1;
+  int next_name = 1;
+};
+
+// A pool with some history: volumes, snapshots, shared and exclusive blocks.
+void make_base(const testing::TempDir& tmp, Base* out) {
+  std::string dir = tmp.file("base");
+  PoolOptions o;
+  o.data_bytes = 8ull << 20;
+  o.metadata_bytes = 2ull << 20;
+  {
+    auto p = Pool::create(dir, o);
+    ASSERT_TRUE(p.ok()) << p.error().to_string();
+    Workload wl(**p, 4242, nullptr, tmp.path());
+    wl.run(80);
+    ASSERT_FALSE(::testing::Test::HasFailure());
+    out->model = wl.model();
+    out->next_write = wl.next_write();
+    out->next_name = wl.next_name();
+    ASSERT_TRUE((*p)->close().ok());
+  }
+  out->data = file_bytes(dir + "/data");
+  out->meta = file_bytes(dir + "/metadata");
+  out->catalog = testing::read_file(dir + "/catalog");
+}
+
+enum class Target { kDataRead, kDataWrite, kMetaRead, kMetaWrite };
+const char* target_name(Target t) {
+  switch (t) {
+    case Target::kDataRead:
+      return "data read";
+    case Target::kDataWrite:
+      return "data write";
+    case Target::kMetaRead:
+      return "metadata read";
+    case Target::kMetaWrite:
+      return "metadata write";
+  }
+  return "?";
+}
+
+struct Tally {
+  int runs = 0, surfaced = 0, read_only = 0, thin_checks = 0;
+};
+
+void fault_run(const Base& base, uint64_t seed, const testing::TempDir& tmp, Tally* tally) {
+  std::mt19937_64 rng(seed);
+  auto target = static_cast<Target>(rng() % 4);
+  bool dead = rng() % 3 == 0;  // fails for good from a random op on; else once
+  std::string where = "seed " + std::to_string(seed) + " (" + target_name(target) +
+                      (dead ? ", for good" : ", once") + ")";
+  std::string dir = tmp.file("run");
+  fs::remove_all(dir);
+  fs::create_directory(dir);
+  testing::write_file(dir + "/data", "");
+  testing::write_file(dir + "/metadata", "");
+  testing::write_file(dir + "/catalog", base.catalog);
+  auto dmem = mem_from(base.data);
+  auto mmem = mem_from(base.meta);
+  io::FaultyDevice fdata(*dmem), fmeta(*mmem);
+  io::FaultyDevice& dev =
+      target == Target::kDataRead || target == Target::kDataWrite ? fdata : fmeta;
+  bool reads = target == Target::kDataRead || target == Target::kMetaRead;
+
+  tally->runs++;
+  std::vector<OpRec> ops;
+  uint64_t trans0 = 0;
+  bool faulted = false;
+  Error fault{};
+  {
+    auto pr = Pool::open(dir, borrow(fmeta), borrow(fdata));
+    ASSERT_TRUE(pr.ok()) << where << ": " << pr.error().to_string();
+    Pool& pool = **pr;
+    Workload wl(pool, seed, nullptr, tmp.path(), base.model, base.next_write, base.next_name);
+    wl.tolerate_io = true;
+    int dead_at = static_cast<int>(rng() % 8);
+    uint64_t nth = 1 + rng() % (reads ? 40 : 25);
+    if (dead) {
+      wl.before_step = [&](int i) {
+        if (i == dead_at) dev.set_fail_all(reads, !reads);
+      };
+    } else if (reads) {
+      dev.fail_nth_read(nth);
+    } else {
+      dev.fail_nth_write(nth);
+    }
+    wl.run(12);
+    ASSERT_FALSE(::testing::Test::HasFatalFailure()) << where;
+    ops = wl.ops;
+    trans0 = wl.trans0;
+    faulted = wl.faulted;
+    fault = wl.fault;
+    if (faulted) {
+      tally->surfaced++;
+      // A metadata write failure surfaces at a commit: the pool is read-only from then on.
+      if (target == Target::kMetaWrite && fault.code == Errc::kIo) {
+        EXPECT_EQ(pool.info().state, PoolState::kReadOnly) << where << ": " << fault.to_string();
+      }
+      if (pool.info().state == PoolState::kReadOnly) {
+        tally->read_only++;
+        for (auto& [n, v] : wl.model()) {
+          uint64_t d = *pool.dev_id(n);
+          std::vector<std::byte> buf(kSector);
+          if (v.writable) {
+            auto w = pool.write(d, 0, buf);
+            EXPECT_TRUE(!w.ok() && w.error().code == Errc::kReadOnly)
+                << where << ": a read-only pool took a write";
+          }
+          if (!reads) {
+            EXPECT_TRUE(pool.read(d, 0, buf).ok()) << where << ": read-only pool";
+          }
+        }
+      }
+    }
+    // The fault clears; the pool goes on and is closed (a commit, unless read-only).
+    dev.set_fail_all(false, false);
+    dev.fail_nth_read(0);
+    dev.fail_nth_write(0);
+    uint64_t before_close = pool.metadata().trans_id();
+    auto c = pool.close();
+    ASSERT_TRUE(c.ok()) << where << ": close: " << c.error().to_string();
+    uint64_t after_close = pool.metadata().trans_id();
+    if (after_close != before_close) {
+      // What the close committed: the state after the last op (or, if it failed, what its
+      // failure allows).
+      OpRec close_rec;
+      const OpRec& last = ops.back();
+      close_rec.what = "close";
+      close_rec.kind = faulted && is_data_op(last.kind) ? OpKind::kWrite : OpKind::kFlush;
+      close_rec.trans_before = before_close;
+      close_rec.trans_after = after_close;
+      close_rec.after = last.after;
+      if (faulted) {
+        close_rec.mids = last.mids;
+        close_rec.alts = last.alts;
+      }
+      ops.push_back(close_rec);
+    }
+  }
+  // Reopen on the same media, no faults.
+  auto pr = Pool::open(dir, borrow(*mmem), borrow(*dmem));
+  ASSERT_TRUE(pr.ok()) << where << ": reopen: " << pr.error().to_string();
+  Pool& pool = **pr;
+  uint64_t t = pool.metadata().trans_id();
+  // Nothing that returned is lost: every op before the failed one committed.
+  size_t done = faulted ? ops.size() - 1 - (ops.back().what == "close") : ops.size();
+  uint64_t t_min = done == 0 ? trans0 : ops[done - 1].trans_after;
+  EXPECT_GE(t, t_min) << where << ": a committed transaction was lost";
+  std::string err =
+      check_pool_content(pool, t, ops, trans0, base.model, static_cast<int>(ops.size()) - 1);
+  EXPECT_EQ(err, "") << where << ", failed op: "
+                     << (faulted ? ops[done].what + ": " + fault.to_string() : "-");
+  auto chk = pool.check();
+  ASSERT_TRUE(chk.ok()) << where << ": " << chk.error().to_string();
+  EXPECT_TRUE(chk->ok()) << where << ": " << (chk->ok() ? "" : chk->damage.front());
+  EXPECT_EQ(probe_new_blocks(pool), "") << where;
+  if (tally->runs % 5 == 0 || testing::effort() == testing::Effort::kLong) {
+    std::string img(base.meta.size(), '\0');
+    ASSERT_TRUE(mmem->read(0, std::as_writable_bytes(std::span(img))).ok());
+    testing::write_file(dir + "/metadata", img);
+    EXPECT_EQ(testing::thin_check(dir + "/metadata"), "") << where;
+    tally->thin_checks++;
+  }
+  ASSERT_TRUE(pool.close().ok());
+}
+
+TEST(IoErrors, FailedReadsAndWritesLoseNothingCommitted) {
+  testing::TempDir tmp;
+  Base base;
+  ASSERT_NO_FATAL_FAILURE(make_base(tmp, &base));
+  Tally tally;
+  const uint64_t runs = testing::scaled(300, 10);
+  for (uint64_t seed = 1; seed <= runs; seed++) {
+    ASSERT_NO_FATAL_FAILURE(fault_run(base, seed, tmp, &tally));
+    if (::testing::Test::HasFailure()) break;
+  }
+  std::printf("fault runs: %d, errors surfaced: %d, read-only after: %d, thin_check runs: %d\n",
+              tally.runs, tally.surfaced, tally.read_only, tally.thin_checks);
+  ::testing::Test::RecordProperty("fault_runs", tally.runs);
+  EXPECT_GT(tally.surfaced, tally.runs / 4);
+}
+
+// Regression: a write covering a whole block that must be copied (shared with a snapshot)
+// or newly allocated maps a new block without initialising it, since the write fills it. If
+// that data write fails, the mapping must not expose the new block's old bytes: the block
+// reads as before the write (or as the write), never anything else.
+TEST(IoErrors, FailedWholeBlockWriteKeepsOldContent) {
+  testing::TempDir tmp;
+  std::string dir = tmp.file("pool");
+  PoolOptions o;
+  o.data_bytes = 4ull << 20;
+  o.metadata_bytes = 2ull << 20;
+  std::vector<std::byte> old_blk(kB), new_blk(kB), stale(kB);
+  for (uint64_t s = 0; s < kSpb; s++) {
+    fill_sector(old_blk.data() + s * kSector, 1, s);
+    fill_sector(new_blk.data() + s * kSector, 2, s);
+    fill_sector(stale.data() + s * kSector, 3, s);
+  }
+  {
+    auto p = std::move(*Pool::create(dir, o));
+    ASSERT_TRUE(p->create_volume("a", 4 * kB).ok());
+    ASSERT_TRUE(p->create_volume("junk", 4 * kB).ok());
+    // Blocks that held other data and were freed: the allocator hands them out again.
+    uint64_t j = *p->dev_id("junk");
+    for (uint64_t b = 0; b < 4; b++) ASSERT_TRUE(p->write(j, b * kB, stale).ok());
+    ASSERT_TRUE(p->flush().ok());
+    ASSERT_TRUE(p->remove("junk", false).ok());
+    ASSERT_TRUE(p->write(*p->dev_id("a"), 0, old_blk).ok());
+    ASSERT_TRUE(p->snapshot("a", "snap", false).ok());
+    ASSERT_TRUE(p->close().ok());
+  }
+  for (uint64_t vb : {0, 1}) {  // 0: copy-on-write of a shared block; 1: unmapped
+    for (bool keep_discards : {true, false}) {
+      SCOPED_TRACE("block " + std::to_string(vb) + (keep_discards ? "" : ", discards fail"));
+      testing::TempDir run;
+      std::string rdir = run.file("pool");
+      fs::copy(dir, rdir, fs::copy_options::recursive);
+      std::unique_ptr<io::BlockDevice> inner;
+      std::unique_ptr<io::FaultyDevice> f;
+      {
+        auto p = Pool::open(rdir, nullptr, [&](std::unique_ptr<io::BlockDevice> d) {
+          inner = std::move(d);
+          f = std::make_unique<io::FaultyDevice>(*inner);
+          return std::make_unique<Borrowed>(*f);
+        });
+        ASSERT_TRUE(p.ok()) << p.error().to_string();
+        // Freed blocks still hold their bytes when their discard failed.
+        if (!keep_discards) f->set_fail_all(false, true);
+        f->fail_nth_write(1);
+        auto w = (*p)->write(*(*p)->dev_id("a"), vb * kB, new_blk);
+        f->set_fail_all(false, false);
+        ASSERT_FALSE(w.ok());
+        EXPECT_EQ(w.error().code, Errc::kIo);
+        std::vector<std::byte> got(kB);
+        ASSERT_TRUE((*p)->read(*(*p)->dev_id("a"), vb * kB, got).ok());
+        std::vector<std::byte> before = vb == 0 ? old_blk : std::vector<std::byte>(kB);
+        if (keep_discards) {
+          EXPECT_TRUE(got == before || got == new_blk) << "live pool shows other bytes";
+        } else {
+          // The old content could not be put back: the pool refuses to commit the mapping.
+          EXPECT_EQ((*p)->info().state, PoolState::kReadOnly);
+          EXPECT_TRUE(got == before || got == new_blk || got == std::vector<std::byte>(kB));
+        }
+        ASSERT_TRUE((*p)->close().ok());
+      }
+      auto p = Pool::open(rdir);
+      ASSERT_TRUE(p.ok()) << p.error().to_string();
+      std::vector<std::byte> got(kB);
+      ASSERT_TRUE((*p)->read(*(*p)->dev_id("a"), vb * kB, got).ok());
+      std::vector<std::byte> before = vb == 0 ? old_blk : std::vector<std::byte>(kB);
+      EXPECT_TRUE(got == before || got == new_blk) << "reopened pool shows other bytes";
+      auto c = (*p)->check();
+      ASSERT_TRUE(c.ok() && c->ok());
+      ASSERT_TRUE((*p)->close().ok());
+      EXPECT_EQ(testing::thin_check(rdir + "/metadata"), "");
+    }
+  }
+}
+
+// Each of the first metadata reads of a write, a snapshot, a merge and a remove fails in turn:
+// whatever the op had changed in core must never be committed half-done. (Opening the pool
+// reads most of this small metadata into the cache, so few of these reads reach the device.)
+TEST(IoErrors, EveryMetadataReadOfAnOpFailsInTurn) {
+  testing::TempDir tmp;
+  Base base;
+  ASSERT_NO_FATAL_FAILURE(make_base(tmp, &base));
+  int runs = 0, surfaced = 0;
+  for (int op = 0; op < 4; op++) {
+    for (uint64_t n = 1; n <= 8; n++) {
+      std::string dir = tmp.file("sweep");
+      fs::remove_all(dir);
+      fs::create_directory(dir);
+      testing::write_file(dir + "/data", "");
+      testing::write_file(dir + "/metadata", "");
+      testing::write_file(dir + "/catalog", base.catalog);
+      auto dmem = mem_from(base.data);
+      auto mmem = mem_from(base.meta);
+      io::FaultyDevice fmeta(*mmem);
+      std::string where = "op " + std::to_string(op) + ", read " + std::to_string(n);
+      std::string vol, snap;
+      for (auto& [name, v] : base.model) {
+        if (v.writable && vol.empty()) vol = name;
+        if (!v.origin.empty() && base.model.count(v.origin)) snap = name;
+      }
+      ASSERT_FALSE(vol.empty());
+      Result<void> r;
+      {
+        auto pr = Pool::open(dir, borrow(fmeta), borrow(*dmem));
+        ASSERT_TRUE(pr.ok()) << pr.error().to_string();
+        Pool& p = **pr;
+        fmeta.fail_nth_read(n);
+        std::vector<std::byte> buf(3 * kB + kSector);
+        for (uint64_t s = 0; s < buf.size() / kSector; s++) {
+          fill_sector(buf.data() + s * kSector, 999999, s + 5);
+        }
+        switch (op) {
+          case 0:
+            r = p.write(*p.dev_id(vol), 5 * kSector, buf);
+            break;
+          case 1:
+            r = p.snapshot(vol, "newsnap", true, kB);
+            break;
+          case 2:
+            r = snap.empty() ? Result<void>{} : p.merge(snap);
+            break;
+          case 3:
+            r = p.remove(vol, true);
+            break;
+        }
+        fmeta.fail_nth_read(0);
+        runs++;
+        if (!r.ok()) {
+          surfaced++;
+          EXPECT_TRUE(r.error().code == Errc::kIo || r.error().code == Errc::kNoSpace)
+              << where << ": " << r.error().to_string();
+        }
+        ASSERT_TRUE(p.close().ok()) << where;
+      }
+      auto pr = Pool::open(dir, borrow(*mmem), borrow(*dmem));
+      ASSERT_TRUE(pr.ok()) << where << ": " << pr.error().to_string();
+      auto c = (*pr)->check();
+      ASSERT_TRUE(c.ok()) << where << ": " << c.error().to_string();
+      EXPECT_TRUE(c->ok()) << where << ": " << (c->ok() ? "" : c->damage.front());
+      ASSERT_TRUE((*pr)->close().ok());
+      std::string img(base.meta.size(), '\0');
+      ASSERT_TRUE(mmem->read(0, std::as_writable_bytes(std::span(img))).ok());
+      testing::write_file(dir + "/metadata", img);
+      EXPECT_EQ(testing::thin_check(dir + "/metadata"), "") << where;
+      if (::testing::Test::HasFailure()) return;
+    }
+  }
+  std::printf("metadata read faults: %d runs, %d surfaced\n", runs, surfaced);
+}
+
+}  // namespace
+}  // namespace tp::thin
