@@ -8,45 +8,19 @@
 # Usage: nbd_control.sh PATH/TO/thinpool
 . "$(dirname "$0")/lib/common.sh" "$@"
 
-PY=
-for p in python3 /usr/bin/python3; do
-  if "$p" -c 'import nbd' 2>/dev/null; then PY=$p; break; fi
-done
-[ -n "$PY" ] || { echo "$NAME: SKIP: libnbd python bindings (python3-libnbd) not installed"; exit 0; }
+. "$(dirname "$0")/lib/nbd.sh"
+[ -n "$PY" ] || skip "libnbd python bindings (python3-libnbd) not installed"
 
-S=$T/nbd.sock
-SRV_PID=
 EV_PID=
-cleanup() {
-  for pid in $EV_PID $SRV_PID; do
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$T"
+stop_events() {
+  if [ -n "$EV_PID" ]; then
+    kill -TERM "$EV_PID" 2>/dev/null || true
+    wait "$EV_PID" 2>/dev/null || true
+    EV_PID=
+  fi
+  return 0
 }
-trap cleanup EXIT
-fail() {
-  echo "$NAME: FAIL: $*" >&2
-  [ -s "$T/server.log" ] && sed 's/^/  server: /' "$T/server.log" >&2
-  exit 1
-}
-start_server() {
-  timeout -s TERM 300 "$TP" -p "$P" serve --socket "$S" 2>"$T/server.log" &
-  SRV_PID=$!
-  for _ in $(seq 100); do
-    grep '^serving ' "$T/server.log" >/dev/null && return 0
-    kill -0 "$SRV_PID" 2>/dev/null || fail "server exited at start"
-    sleep 0.1
-  done
-  fail "server did not start"
-}
-stop_server() {
-  kill -TERM "$SRV_PID"
-  local rc=0
-  wait "$SRV_PID" || rc=$?
-  SRV_PID=
-  [ "$rc" -eq 0 ] || fail "server exited with $rc after SIGTERM"
-}
+CLEANUP=stop_events
 # expect_rc N CMD...: runs CMD, fails unless it exits with N; its stderr is in $T/err.
 expect_rc() {
   local want=$1 rc=0
@@ -176,13 +150,11 @@ EOF
 expect_rc 1 "$TP" -p "$P" serve --socket "$T/other.sock"
 
 stop_server
-kill -TERM "$EV_PID" 2>/dev/null || true
-wait "$EV_PID" 2>/dev/null || true
-EV_PID=
+stop_events
 [ ! -e "$P/control.sock" ] || fail "control.sock left behind after a clean stop"
 tp read vol "$T/final.img" >/dev/null
 cmp -n 65536 "$T/final.img" <(head -c 65536 /dev/zero | tr '\0' A) ||
   fail "vol lost the rolled-back content"
 tp check >/dev/null || fail "pool check: $(tp check 2>&1)"
 thin_check "$P/metadata" >/dev/null 2>&1 || fail "thin_check"
-echo "$NAME: ok: CLI through the control socket, export guards, --force, events"
+ok "CLI through the control socket, export guards, --force, events"
