@@ -614,22 +614,43 @@ Result<uint64_t> Pool::prepare_write_retry(std::unique_lock<std::mutex>& lk, uin
   return prepare_write_locked(dev, vb, boff, len);
 }
 
+bool Pool::filling_locked(const std::vector<std::pair<uint64_t, uint64_t>>& maps) const {
+  if (filling_.empty()) return false;
+  for (const auto& m : maps) {
+    if (std::find(filling_.begin(), filling_.end(), m.second) != filling_.end()) return true;
+  }
+  return false;
+}
+
+void Pool::filled_locked(uint64_t block) {
+  auto it = std::find(filling_.begin(), filling_.end(), block);
+  if (it != filling_.end()) {
+    *it = filling_.back();
+    filling_.pop_back();
+  }
+}
+
 Result<void> Pool::read(uint64_t dev, uint64_t off, std::span<std::byte> buf) {
   if (buf.empty()) return {};
   const uint64_t B = block_bytes_;
   thread_local std::vector<std::pair<uint64_t, uint64_t>> maps;  // (vb, data block)
   maps.clear();
   {
-    std::lock_guard lk(mu_);
-    TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
-    if (off > rec->size_bytes || buf.size() > rec->size_bytes - off) {
-      return make_error(Errc::kInvalidArgument, "read beyond the end of the volume", off);
+    std::unique_lock lk(mu_);
+    const uint64_t vb0 = off / B, vb1 = (off + buf.size() - 1) / B;
+    for (;;) {
+      TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));  // (again after a wait)
+      if (off > rec->size_bytes || buf.size() > rec->size_bytes - off) {
+        return make_error(Errc::kInvalidArgument, "read beyond the end of the volume", off);
+      }
+      TP_TRY(md_->walk(dev, vb0, vb1, [&](uint64_t vb, const pdata::Mapping& m) -> Result<bool> {
+        maps.emplace_back(vb, m.data_block);
+        return true;
+      }));
+      if (!filling_locked(maps)) break;
+      filled_.wait(lk);  // a whole-block write into one of them is in flight
+      maps.clear();
     }
-    uint64_t vb0 = off / B, vb1 = (off + buf.size() - 1) / B;
-    TP_TRY(md_->walk(dev, vb0, vb1, [&](uint64_t vb, const pdata::Mapping& m) -> Result<bool> {
-      maps.emplace_back(vb, m.data_block);
-      return true;
-    }));
     begin_io_locked();
   }
   std::memset(buf.data(), 0, buf.size());
@@ -695,8 +716,24 @@ Result<void> Pool::write(uint64_t dev, uint64_t off, std::span<const std::byte> 
         continue;
       }
       committed_for_space = false;
+      for (const Target& t : targets) {
+        if (t.u.fresh) filling_.push_back(t.block);
+      }
       begin_io_locked();
     }
+    // Ends this round's I/O: the fresh blocks hold their content now, readers may map them.
+    auto finish = [&] {
+      std::lock_guard lk(mu_);
+      bool any = false;
+      for (const Target& t : targets) {
+        if (t.u.fresh) {
+          filled_locked(t.block);
+          any = true;
+        }
+      }
+      if (any) filled_.notify_all();
+      if (--inflight_ == 0) io_done_.notify_all();
+    };
     Result<void> res;
     for (size_t i = 0; i < targets.size() && res.ok();) {
       size_t j = i + 1;
@@ -719,14 +756,14 @@ Result<void> Pool::write(uint64_t dev, uint64_t off, std::span<const std::byte> 
                                            : data_->discard(t.block * B, B);
         if (!fix.ok()) break;
       }
-      end_io();
+      finish();
       if (!fix.ok()) {
         std::lock_guard lk(mu_);
         (void)abort_locked(fix.error());
       }
       return res;
     }
-    end_io();
+    finish();
     pos = std::min(end, (targets.back().vb + 1) * B);
     if (!prep.ok() && !is_wait_commit(prep)) return prep;
   }

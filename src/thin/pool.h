@@ -320,6 +320,13 @@ class Pool {
   std::mutex mu_;
   std::condition_variable io_done_;
   uint64_t inflight_ = 0;
+  // New data blocks mapped for a whole-block write that is still in flight: they hold no
+  // defined content until it lands, so a read that maps to one waits (filled_) instead of
+  // showing it. Few at a time (one per whole block in flight); capacity kept across uses.
+  std::vector<uint64_t> filling_;
+  std::condition_variable filled_;
+  bool filling_locked(const std::vector<std::pair<uint64_t, uint64_t>>& maps) const;
+  void filled_locked(uint64_t block);
 };
 
 }  // namespace tp::thin

@@ -7,7 +7,9 @@
 #include <map>
 #include <random>
 #include <regex>
+#include <thread>
 
+#include "io/block_device.h"
 #include "support/test_util.h"
 
 namespace tp::thin {
@@ -435,6 +437,88 @@ TEST(PoolExtend, NewBlocksAreUsable) {
   EXPECT_EQ(p->info().nr_blocks, 64u);
   EXPECT_EQ(read_all(*p, "a").substr(0, 2 << 20), data + data);
   expect_checks_pass(*p);
+}
+
+}  // namespace
+}  // namespace tp::thin
+
+namespace tp::thin {
+namespace {
+
+// The data device with slow writes: a whole-block write stays in flight long enough for a
+// concurrent read to look at its block.
+class SlowWrites final : public io::BlockDevice {
+ public:
+  explicit SlowWrites(std::unique_ptr<io::BlockDevice> d) : d_(std::move(d)) {}
+  uint64_t size() const override { return d_->size(); }
+  Result<void> read(uint64_t o, std::span<std::byte> b) override { return d_->read(o, b); }
+  Result<void> write(uint64_t o, std::span<const std::byte> b) override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    return d_->write(o, b);
+  }
+  Result<void> flush() override { return d_->flush(); }
+  Result<void> discard(uint64_t o, uint64_t l) override { return d_->discard(o, l); }
+  Result<void> write_zeroes(uint64_t o, uint64_t l) override { return d_->write_zeroes(o, l); }
+  Result<void> provision(uint64_t o, uint64_t l) override { return d_->provision(o, l); }
+  Result<void> copy(uint64_t s, uint64_t d, uint64_t l) override { return d_->copy(s, d, l); }
+  Result<void> resize(uint64_t n) override { return d_->resize(n); }
+  uint64_t allocated_bytes() const override { return d_->allocated_bytes(); }
+
+ private:
+  std::unique_ptr<io::BlockDevice> d_;
+};
+
+// A whole-block write maps a new block before its bytes land (no zeroing: the write covers
+// it). A concurrent read of that block must see the old content or the new, never the new
+// block's undefined bytes (here: zeros where the snapshot-shared old block held 'A').
+TEST(PoolConcurrency, ReadDuringWholeBlockCopyOnWriteSeesOldOrNew) {
+  TempDir tmp;
+  const std::string dir = tmp.file("pool");
+  const uint64_t kBlocks = 48;
+  {
+    auto p = make_pool(dir, 16ull << 20);
+    ASSERT_TRUE(p);
+    ASSERT_TRUE(p->create_volume("v", kBlocks * kB).ok());
+    std::string a(kBlocks * kB, 'A');
+    ASSERT_TRUE(p->write(*p->dev_id("v"), 0, as_bytes(a)).ok());
+    ASSERT_TRUE(p->snapshot("v", "s", false).ok());  // every block of v now shared
+    ASSERT_TRUE(p->close().ok());
+  }
+  auto opened = Pool::open(
+      dir, nullptr, [](std::unique_ptr<io::BlockDevice> d) -> std::unique_ptr<io::BlockDevice> {
+        return std::make_unique<SlowWrites>(std::move(d));
+      });
+  ASSERT_TRUE(opened.ok()) << opened.error().to_string();
+  Pool& p = **opened;
+  const uint64_t v = *p.dev_id("v");
+  std::atomic<bool> done{false};
+  std::atomic<int> bad{0}, reads{0};
+  std::thread reader([&] {
+    std::string buf(kB, '\0');
+    while (!done) {
+      for (uint64_t b = 0; b < kBlocks; b++) {
+        if (!p.read(v, b * kB, as_wbytes(buf)).ok()) {
+          bad++;
+          continue;
+        }
+        reads++;
+        const bool old_ = buf == std::string(kB, 'A'), new_ = buf == std::string(kB, 'B');
+        if (!old_ && !new_) bad++;
+      }
+    }
+  });
+  std::string blk(kB, 'B');
+  for (uint64_t b = 0; b < kBlocks; b++) {
+    ASSERT_TRUE(p.write(v, b * kB, as_bytes(blk)).ok());  // copy-on-write, whole block
+  }
+  done = true;
+  reader.join();
+  EXPECT_EQ(bad.load(), 0) << "of " << reads.load() << " reads";
+  EXPECT_GT(reads.load(), 0);
+  std::string s(kB, '\0');
+  ASSERT_TRUE(p.read(*p.dev_id("s"), 0, as_wbytes(s)).ok());
+  EXPECT_EQ(s, std::string(kB, 'A'));
+  ASSERT_TRUE(p.close().ok());
 }
 
 }  // namespace
