@@ -43,6 +43,7 @@ $(TSAN_BUILD)/build.ninja:
 # each fuzz target.
 test: build $(ASAN_BUILD)/build.ninja
 	cd $(BUILD) && ctest $(CTEST_FLAGS) -j $(JOBS)
+	@bash scripts/test-figures.sh $(BUILD)
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && TP_QUICK=1 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  ctest $(CTEST_FLAGS) -j $(JOBS) -LE e2e
@@ -76,6 +77,7 @@ fuzz-corpus: fuzz-build
 # ThreadSanitizer run.
 check-long: build
 	cd $(BUILD) && TP_LONG=1 ctest $(CTEST_FLAGS) -j $(JOBS) --timeout 7200
+	@bash scripts/test-figures.sh $(BUILD)
 	$(MAKE) fuzz-long
 	$(MAKE) test-tsan
 
