@@ -113,6 +113,24 @@ if have nbdinfo; then
   grep -q '"can_multi_conn": true' "$T/info.json" || fail "multi-conn not advertised"
   grep -q '"block_size_preferred": 65536' "$T/info.json" || fail "preferred block size"
   ok "nbdinfo --map shows exactly the mapped ranges"
+  if have qemu-img; then
+    # qemu-img map: the same ranges as data (mapped) and zero holes (unmapped).
+    run qemu-img map --output=json -f raw "$(uri vol)" >"$T/qmap.json" || fail "qemu-img map"
+    python3 - "$T/qmap.json" "$T/map.want" <<'PYEOF' || fail "qemu-img map: $(cat "$T/qmap.json")"
+import json, sys
+got = []
+for e in json.load(open(sys.argv[1])):
+    kind = 0 if e["data"] else 3
+    if got and got[-1][2] == kind and got[-1][0] + got[-1][1] == e["start"]:
+        got[-1][1] += e["length"]
+    else:
+        got.append([e["start"], e["length"], kind])
+want = [[int(x) for x in l.split()] for l in open(sys.argv[2])]
+assert got == want, (got, want)
+assert all(e["zero"] for e in json.load(open(sys.argv[1])) if not e["data"])
+PYEOF
+    ok "qemu-img map shows the same ranges"
+  fi
 else
   skip "nbdinfo not installed"
 fi
