@@ -70,7 +70,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<std::byte> got;
   std::thread reader([&] { got = drain(client); });
   {
-    Channel ch(sv[0]);  // owns the server end; closing it ends the reader
+    SocketChannel ch(sv[0]);  // owns the server end; closing it ends the reader
     NullLogger log;
     std::atomic<bool> stopping{false};
     auto deadline = Clock::now() + std::chrono::seconds(10);
