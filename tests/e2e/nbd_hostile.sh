@@ -13,49 +13,11 @@
 # Usage: nbd_hostile.sh PATH/TO/thinpool
 . "$(dirname "$0")/lib/common.sh" "$@"
 
-PY=
-for p in python3 /usr/bin/python3; do
-  if "$p" -c 'import nbd' 2>/dev/null; then PY=$p; break; fi
-done
+. "$(dirname "$0")/lib/nbd.sh"
 if [ -z "$PY" ] || ! command -v nbdinfo >/dev/null; then
-  echo "$NAME: SKIP: needs nbdinfo and python3 with libnbd's bindings (python3-libnbd)"
-  exit 0
+  skip "needs nbdinfo and python3 with libnbd's bindings (python3-libnbd)"
 fi
 
-SRV_PID=
-cleanup() {
-  if [ -n "$SRV_PID" ]; then kill -TERM "$SRV_PID" 2>/dev/null || true; wait "$SRV_PID" 2>/dev/null || true; fi
-  rm -rf "$T"
-}
-trap cleanup EXIT
-fail() {
-  echo "$NAME: FAIL: $*" >&2
-  if [ -s "$T/server.log" ]; then sed 's/^/  server: /' "$T/server.log" >&2; fi
-  exit 1
-}
-ok() { echo "$NAME: ok: $*"; }
-S=$T/nbd.sock
-
-# The server runs without a `timeout` wrapper so that $SRV_PID is the daemon itself (its
-# memory is measured); the trap stops it.
-start_server() {
-  : >"$T/server.log"
-  "$TP" -p "$P" serve --socket "$S" "$@" 2>"$T/server.log" &
-  SRV_PID=$!
-  for _ in $(seq 100); do
-    grep -q '^serving ' "$T/server.log" && return 0
-    kill -0 "$SRV_PID" 2>/dev/null || fail "server exited at start"
-    sleep 0.1
-  done
-  fail "server not ready after 10 s"
-}
-stop_server() {
-  kill -TERM "$SRV_PID"
-  local rc=0
-  wait "$SRV_PID" || rc=$?
-  SRV_PID=
-  [ "$rc" -eq 0 ] || fail "server exited with $rc after SIGTERM"
-}
 volumes() { tp list --json | python3 -c 'import json,sys; print(" ".join(sorted(v["name"] for v in json.load(sys.stdin))))'; }
 
 tp init --size 128M >/dev/null
@@ -121,14 +83,14 @@ run_nbdinfo "nbd+unix:///vol?socket=$S" || fail "nbdinfo cannot open vol after t
 ok "bad NBD export names find nothing (GO, INFO, URI); LIST shows only real volumes"
 
 # --- requests over 32 MiB ----------------------------------------------------------------------------
-hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$SRV_PID/status"; }
+hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$(server_pid)/status"; }
 # Warm up (threads, buffers of legitimate sizes), then reset the peak when the kernel allows.
 SOCK=$S "$PY" -c '
 import os, nbd
 h = nbd.NBD(); h.connect_unix(os.environ["SOCK"])
 for n in (4096, 1 << 20, 4 << 20): h.pread(n, 0)
 h.shutdown()' || fail "warm-up reads"
-echo 5 >"/proc/$SRV_PID/clear_refs" 2>/dev/null || true
+echo 5 >"/proc/$(server_pid)/clear_refs" 2>/dev/null || true
 BEFORE=$(hwm_kib)
 SOCK=$S "$PY" - <<'EOF' || fail "oversized requests"
 import errno, os, nbd

@@ -18,29 +18,9 @@ for tool in certtool psktool nbdinfo nbdsh; do
   fi
 done
 
-# nbdsh is `python3 -m nbd`; a pyenv python3 first in PATH may lack libnbd's bindings.
-PY=
-for p in python3 /usr/bin/python3; do
-  if "$p" -c 'import nbd' 2>/dev/null; then PY=$p; break; fi
-done
-if [ -z "$PY" ]; then
-  echo "$NAME: SKIP: no python3 with libnbd's bindings (python3-libnbd)"
-  exit 0
-fi
+. "$(dirname "$0")/lib/nbd.sh"
+[ -n "$PY" ] || skip "no python3 with libnbd's bindings (python3-libnbd)"
 NBDSH=("$PY" -m nbd)
-
-SRV_PID=
-cleanup() {
-  if [ -n "$SRV_PID" ]; then kill -TERM "$SRV_PID" 2>/dev/null || true; wait "$SRV_PID" 2>/dev/null || true; fi
-  rm -rf "$T"
-}
-trap cleanup EXIT
-fail() {
-  echo "$NAME: FAIL: $*" >&2
-  if [ -s "$T/server.log" ]; then sed 's/^/  server: /' "$T/server.log" >&2; fi
-  exit 1
-}
-ok() { echo "$NAME: ok: $*"; }
 run() { timeout 60 "$@"; }
 
 # --- credentials ---------------------------------------------------------------------------
@@ -85,29 +65,10 @@ tp init --size 64M >/dev/null
 tp create vol --size 8M >/dev/null
 tp create hidden-name --size 4M >/dev/null
 
-PORT=
-start_server() {
-  : >"$T/server.log"
-  timeout -s TERM 300 "$TP" -p "$P" serve --socket "$T/nbd.sock" --listen 127.0.0.1:0 "$@" \
-    2>"$T/server.log" &
-  SRV_PID=$!
-  for _ in $(seq 100); do
-    if grep -q '^serving ' "$T/server.log"; then
-      PORT=$(sed -n 's/^serving .* and 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$T/server.log")
-      [ -n "$PORT" ] || fail "no TCP port in the ready line: $(cat "$T/server.log")"
-      return 0
-    fi
-    kill -0 "$SRV_PID" 2>/dev/null || fail "server exited at start"
-    sleep 0.1
-  done
-  fail "server not ready after 10 s"
-}
-stop_server() {
-  kill -TERM "$SRV_PID"
-  local rc=0
-  wait "$SRV_PID" || rc=$?
-  SRV_PID=
-  [ "$rc" -eq 0 ] || fail "server exited with $rc after SIGTERM"
+# Every server here also listens on TCP (an ephemeral port: PORT).
+serve_tcp() {
+  start_server --listen 127.0.0.1:0 "$@"
+  [ -n "$PORT" ] || fail "no TCP port in the ready line: $(cat "$T/server.log")"
 }
 
 x509() { echo "nbds://127.0.0.1:$PORT/$1?tls-certificates=${2:-$CLI}"; }
@@ -134,7 +95,7 @@ refused() {
 }
 
 # --- --tls require with X.509 ------------------------------------------------------------------
-start_server --tls require --tls-certificates "$PKI"
+serve_tcp --tls require --tls-certificates "$PKI"
 grep -q "(TLS require)" "$T/server.log" || fail "ready line does not name the TLS mode"
 run nbdinfo "$(x509 vol)" >"$T/info.txt" || fail "nbdinfo over X.509 TLS"
 grep -q "export-size: $((8 * MiB))" "$T/info.txt" || fail "nbdinfo size: $(cat "$T/info.txt")"
@@ -158,7 +119,7 @@ ok "--tls require: plain clients (TCP and Unix), a foreign CA and PSK are refuse
 stop_server
 
 # --- --tls require with PSK ----------------------------------------------------------------------
-start_server --tls require --tls-psk "$T/keys.psk"
+serve_tcp --tls require --tls-psk "$T/keys.psk"
 run nbdinfo "$(psk vol)" >"$T/info.txt" || fail "nbdinfo over PSK TLS"
 grep -q "export-size: $((8 * MiB))" "$T/info.txt" || fail "nbdinfo size over PSK"
 nbdsh_rw "$(psk vol)" 2
@@ -169,7 +130,7 @@ ok "--tls require: nbds:// with PSK reads and writes; wrong key, plain and X.509
 stop_server
 
 # --- --tls on: both ------------------------------------------------------------------------------
-start_server --tls on --tls-certificates "$PKI"
+serve_tcp --tls on --tls-certificates "$PKI"
 run "${NBDSH[@]}" -c "$(nbdsh_connect "$(plain vol)")" -c '
 assert not h.get_tls_negotiated()
 assert h.pread(65536, 1048576) == bytes((i * 7 + 2) % 256 for i in range(65536))

@@ -17,18 +17,7 @@ if [ "$(id -u)" -ne 0 ] || ! id nobody >/dev/null 2>&1 || ! command -v setpriv >
   exit 0
 fi
 
-SRV_PID=
-cleanup() {
-  if [ -n "$SRV_PID" ]; then kill -TERM "$SRV_PID" 2>/dev/null || true; wait "$SRV_PID" 2>/dev/null || true; fi
-  rm -rf "$T"
-}
-trap cleanup EXIT
-fail() {
-  echo "$NAME: FAIL: $*" >&2
-  if [ -s "$T/server.log" ]; then sed 's/^/  server: /' "$T/server.log" >&2; fi
-  exit 1
-}
-ok() { echo "$NAME: ok: $*"; }
+. "$(dirname "$0")/lib/nbd.sh"
 NOBODY_UID=$(id -u nobody)
 NOBODY_GID=$(id -g nobody)
 # The system python: a pyenv shim under root's home would not run as nobody.
@@ -49,14 +38,11 @@ tp create vol --size 4M >/dev/null
 chmod 0711 "$P"
 
 # The umask must not matter: a permissive one would leave sockets world-writable.
-(umask 0000 && exec timeout -s TERM 300 "$TP" -p "$P" serve 2>"$T/server.log") &
-SRV_PID=$!
-for _ in $(seq 100); do
-  grep -q '^serving ' "$T/server.log" && break
-  kill -0 "$SRV_PID" 2>/dev/null || fail "server exited at start"
-  sleep 0.1
-done
-grep -q '^serving ' "$T/server.log" || fail "server not ready after 10 s"
+S=$P/nbd.sock  # the default place
+old_umask=$(umask)
+umask 0000
+start_server
+umask "$old_umask"
 
 for s in control.sock nbd.sock; do
   [ -S "$P/$s" ] || fail "$P/$s is not a socket"
@@ -130,11 +116,7 @@ ok "with control.sock 0666 the SO_PEERCRED check refuses nobody and tells nothin
 [ "$(volumes)" = "$BEFORE" ] || fail "volumes changed by nobody: $(volumes)"
 tp create mine --size 1M >/dev/null || fail "root cannot create through the daemon"
 tp remove mine >/dev/null || fail "root cannot remove through the daemon"
-kill -TERM "$SRV_PID"
-rc=0
-wait "$SRV_PID" || rc=$?
-SRV_PID=
-[ "$rc" -eq 0 ] || fail "server exited with $rc after SIGTERM"
-[ ! -e "$P/control.sock" ] && [ ! -e "$P/nbd.sock" ] || fail "sockets left behind"
+stop_server
+[ ! -e "$P/control.sock" ] || fail "control.sock left behind"
 tp check >"$T/check.out" 2>&1 || fail "pool check: $(cat "$T/check.out")"
 ok "the pool is unchanged by nobody, root still drives it, the pool checks clean"

@@ -50,13 +50,18 @@ for p in python3 /usr/bin/python3; do
   fi
 done
 
-# start_server [ARGS...]: thinpool serve on $S, waits for its ready line (10 s at most).
+# start_server [ARGS...]: thinpool serve on $S, waits for its ready line (10 s at most);
+# PORT is the TCP port when ARGS ask for a listener.
+PORT=
 start_server() {
   : >"$T/server.log"
   timeout -s KILL 900 "$TP" -p "$P" serve --socket "$S" "$@" 2>>"$T/server.log" &
   SRV_PID=$!
   for _ in $(seq 100); do
-    grep_q '^serving ' "$T/server.log" && return 0
+    if grep_q '^serving ' "$T/server.log"; then
+      PORT=$(sed -n 's/^serving .* and 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$T/server.log")
+      return 0
+    fi
     kill -0 "$SRV_PID" 2>/dev/null || fail "server exited at start"
     sleep 0.1
   done
@@ -76,12 +81,12 @@ stop_server() {
   [ "$rc" -eq 0 ] || fail "server exited with $rc after SIGTERM"
   [ ! -e "$S" ] || fail "socket $S left behind"
 }
+# server_pid: the daemon's own PID (SRV_PID is its `timeout` wrapper).
+server_pid() { pgrep -P "$SRV_PID" || fail "no server process under $SRV_PID"; }
 # kill9_server: SIGKILL, as a crash would; the socket file stays behind. SRV_PID is the
 # `timeout` wrapper (it relays TERM but cannot relay KILL): the server is its child.
 kill9_server() {
-  local child
-  child=$(pgrep -P "$SRV_PID") || fail "no server process under $SRV_PID"
-  kill -KILL "$child"
+  kill -KILL "$(server_pid)"
   wait "$SRV_PID" 2>/dev/null || true
   SRV_PID=
 }
