@@ -7,6 +7,7 @@
 #include <random>
 
 #include "io/faulty_device.h"
+#include "support/forwarding_device.h"
 #include "support/test_util.h"
 #include "thin/pool.h"
 #include "thin/update.h"
@@ -28,23 +29,7 @@ std::string image(uint32_t seed) {
   return s;
 }
 
-// Forwards to a FaultyDevice the test owns (the pool owns this thin shell).
-class Borrowed final : public io::BlockDevice {
- public:
-  explicit Borrowed(io::BlockDevice& d) : d_(d) {}
-  uint64_t size() const override { return d_.size(); }
-  Result<void> read(uint64_t o, std::span<std::byte> b) override { return d_.read(o, b); }
-  Result<void> write(uint64_t o, std::span<const std::byte> b) override { return d_.write(o, b); }
-  Result<void> flush() override { return d_.flush(); }
-  Result<void> discard(uint64_t o, uint64_t l) override { return d_.discard(o, l); }
-  Result<void> write_zeroes(uint64_t o, uint64_t l) override { return d_.write_zeroes(o, l); }
-  Result<void> provision(uint64_t o, uint64_t l) override { return d_.provision(o, l); }
-  Result<void> resize(uint64_t n) override { return d_.resize(n); }
-  uint64_t allocated_bytes() const override { return d_.allocated_bytes(); }
-
- private:
-  io::BlockDevice& d_;
-};
+using Borrowed = testing::ForwardingDevice;
 
 std::string content(Pool& p, const std::string& n) {
   uint64_t dev = *p.dev_id(n);

@@ -9,7 +9,7 @@
 #include <regex>
 #include <thread>
 
-#include "io/block_device.h"
+#include "support/forwarding_device.h"
 #include "support/test_util.h"
 
 namespace tp::thin {
@@ -447,25 +447,17 @@ namespace {
 
 // The data device with slow writes: a whole-block write stays in flight long enough for a
 // concurrent read to look at its block.
-class SlowWrites final : public io::BlockDevice {
+class SlowWrites final : public testing::ForwardingDevice {
  public:
-  explicit SlowWrites(std::unique_ptr<io::BlockDevice> d) : d_(std::move(d)) {}
-  uint64_t size() const override { return d_->size(); }
-  Result<void> read(uint64_t o, std::span<std::byte> b) override { return d_->read(o, b); }
+  explicit SlowWrites(std::unique_ptr<io::BlockDevice> d)
+      : ForwardingDevice(*d), own_(std::move(d)) {}
   Result<void> write(uint64_t o, std::span<const std::byte> b) override {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    return d_->write(o, b);
+    return ForwardingDevice::write(o, b);
   }
-  Result<void> flush() override { return d_->flush(); }
-  Result<void> discard(uint64_t o, uint64_t l) override { return d_->discard(o, l); }
-  Result<void> write_zeroes(uint64_t o, uint64_t l) override { return d_->write_zeroes(o, l); }
-  Result<void> provision(uint64_t o, uint64_t l) override { return d_->provision(o, l); }
-  Result<void> copy(uint64_t s, uint64_t d, uint64_t l) override { return d_->copy(s, d, l); }
-  Result<void> resize(uint64_t n) override { return d_->resize(n); }
-  uint64_t allocated_bytes() const override { return d_->allocated_bytes(); }
 
  private:
-  std::unique_ptr<io::BlockDevice> d_;
+  std::unique_ptr<io::BlockDevice> own_;
 };
 
 // A whole-block write maps a new block before its bytes land (no zeroing: the write covers

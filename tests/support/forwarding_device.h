@@ -1,0 +1,28 @@
+#pragma once
+// A BlockDevice that forwards every call to a device the test owns, so a test can hand a
+// pool its own shell (the pool owns the shell) and keep the device: a FaultyDevice to
+// inspect, a recorder, or a wrapper that changes one call (derive and override it).
+
+#include "io/block_device.h"
+
+namespace tp::testing {
+
+class ForwardingDevice : public io::BlockDevice {
+ public:
+  explicit ForwardingDevice(io::BlockDevice& d) : d_(d) {}
+  uint64_t size() const override { return d_.size(); }
+  Result<void> read(uint64_t o, std::span<std::byte> b) override { return d_.read(o, b); }
+  Result<void> write(uint64_t o, std::span<const std::byte> b) override { return d_.write(o, b); }
+  Result<void> flush() override { return d_.flush(); }
+  Result<void> discard(uint64_t o, uint64_t l) override { return d_.discard(o, l); }
+  Result<void> write_zeroes(uint64_t o, uint64_t l) override { return d_.write_zeroes(o, l); }
+  Result<void> provision(uint64_t o, uint64_t l) override { return d_.provision(o, l); }
+  Result<void> copy(uint64_t s, uint64_t d, uint64_t l) override { return d_.copy(s, d, l); }
+  Result<void> resize(uint64_t n) override { return d_.resize(n); }
+  uint64_t allocated_bytes() const override { return d_.allocated_bytes(); }
+
+ private:
+  io::BlockDevice& d_;
+};
+
+}  // namespace tp::testing
