@@ -206,13 +206,9 @@ void ControlServer::serve(Conn& c) {
   LineReader reader(c.fd, kMaxRequest);
   std::string line;
   while (!stopping_ && reader.next(&line)) {
-    std::string reply = handle(line);
-    if (!write_line(c.fd, reply)) return;
-    // Only a request handle() accepted as "events" turns the connection into a stream. (Not
-    // req.value("op", ""): it throws when "op" is not a string, which killed the daemon.)
-    auto req = nlohmann::json::parse(line, nullptr, false);
-    auto op = req.is_object() ? req.find("op") : req.end();
-    if (op != req.end() && op->is_string() && *op == "events" && !reply.starts_with("{\"error\"")) {
+    bool stream = false;
+    if (!write_line(c.fd, handle(line, &stream))) return;
+    if (stream) {  // an accepted "events": the connection is a stream from now on
       stream_events(c.fd);
       return;
     }
@@ -240,7 +236,7 @@ void ControlServer::stream_events(int fd) {
   events_.unsubscribe(sub);
 }
 
-std::string ControlServer::handle(std::string_view line) {
+std::string ControlServer::handle(std::string_view line, bool* stream) {
   auto req = nlohmann::json::parse(line, nullptr, false);
   if (req.is_discarded() || !req.is_object()) return error_reply("not a JSON object").dump();
   auto op = req.find("op");
@@ -249,7 +245,10 @@ std::string ControlServer::handle(std::string_view line) {
   if (name == "status") {
     return status_ ? status_().dump() : nlohmann::json::object().dump();
   }
-  if (name == "events") return nlohmann::json{{"ok", true}}.dump();
+  if (name == "events") {
+    if (stream) *stream = true;
+    return nlohmann::json{{"ok", true}}.dump();
+  }
   if (name != "run") return error_reply("unknown op \"" + name + "\"").dump();
   if (!run_) return error_reply("this daemon runs no commands").dump();
   ControlRequest r;

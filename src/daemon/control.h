@@ -66,13 +66,15 @@ class ControlServer {
 
   // One request line (without the newline) -> one reply line (without the newline).
   // "events" is answered {"ok":true} here; the streaming happens on the connection.
-  std::string handle(std::string_view line);
+  std::string handle(std::string_view line) { return handle(line, nullptr); }
 
  private:
   struct Conn;
   void accept_loop();
   void serve(Conn& c);
   void stream_events(int fd);
+  // handle(); *stream (when given) is set when the request was an accepted "events".
+  std::string handle(std::string_view line, bool* stream);
 
   std::string path_;
   CommandRunner run_;
