@@ -100,7 +100,7 @@ void WriteRef::release() {
 }
 
 BlockManager::BlockManager(io::BlockDevice& dev, size_t cache_blocks)
-    : dev_(dev), capacity_(std::max<size_t>(cache_blocks, 16)) {}
+    : dev_(dev), capacity_(cache_blocks) {}
 
 BlockManager::~BlockManager() = default;
 

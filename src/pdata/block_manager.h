@@ -102,7 +102,8 @@ struct BlockManagerStats {
 
 class BlockManager {
  public:
-  // Borrows dev. cache_blocks bounds the number of unpinned cached blocks.
+  // Borrows dev. cache_blocks bounds the number of unpinned cached blocks (0: none, every
+  // block is read from the device each time it is locked; for tests).
   BlockManager(io::BlockDevice& dev, size_t cache_blocks = 4096);
   ~BlockManager();
   BlockManager(const BlockManager&) = delete;

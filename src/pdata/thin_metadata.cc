@@ -41,7 +41,7 @@ Result<void> ThinMetadata::top_inc(void* ctx, const std::byte* v) {
 }
 
 Result<void> ThinMetadata::dec_data_block(uint64_t b) {
-  TP_ASSIGN_OR_RETURN(uint32_t left, dsm_->dec(b));
+  TP_ASSIGN_OR_RETURN(uint32_t left, changed(dsm_->dec(b)));
   if (left == 0) {
     freed_.push_back(b);
   }
@@ -187,7 +187,7 @@ Result<void> ThinMetadata::create_thin(uint64_t dev) {
   if (devices_.count(dev)) {
     return make_error(Errc::kExists, "thin device already exists", dev);
   }
-  TP_ASSIGN_OR_RETURN(uint64_t root, Btree::create_empty(*tm_, mapping_vt_));
+  TP_ASSIGN_OR_RETURN(uint64_t root, changed(Btree::create_empty(*tm_, mapping_vt_)));
   DevState st;
   st.root = root;
   st.details = DeviceDetails{0, sb_.trans_id, sb_.time, sb_.time};
@@ -207,7 +207,7 @@ Result<void> ThinMetadata::create_snap(uint64_t dev, uint64_t origin) {
     return make_error(Errc::kNoSpace, "pool snapshot clock exhausted");
   }
   TP_ASSIGN_OR_RETURN(DevState * o, dev_state(origin));
-  TP_TRY(tm_->inc(o->root));
+  TP_TRY(changed(tm_->inc(o->root)));
   sb_.time++;
   o->details.snapshotted_time = sb_.time;
   o->details_changed = true;
@@ -221,7 +221,7 @@ Result<void> ThinMetadata::create_snap(uint64_t dev, uint64_t origin) {
 
 Result<void> ThinMetadata::delete_device(uint64_t dev) {
   TP_ASSIGN_OR_RETURN(DevState * st, dev_state(dev));
-  TP_TRY(Btree::del(*tm_, st->root, mapping_vt_));
+  TP_TRY(changed(Btree::del(*tm_, st->root, mapping_vt_)));
   devices_.erase(dev);
   deleted_.push_back(dev);
   return {};
@@ -233,14 +233,14 @@ Result<void> ThinMetadata::clone_tree_into(uint64_t dev, uint64_t src) {
   if (d == s) {
     return {};
   }
-  TP_TRY(tm_->inc(s->root));
-  TP_TRY(Btree::del(*tm_, d->root, mapping_vt_));
-  d->root = s->root;
-  d->details.mapped_blocks = s->details.mapped_blocks;
-  // Both now share every mapping: mark them so dm-thin's time rule agrees.
   if (sb_.time >= kMaxTime) {
     return make_error(Errc::kNoSpace, "pool snapshot clock exhausted");
   }
+  TP_TRY(changed(tm_->inc(s->root)));
+  TP_TRY(changed(Btree::del(*tm_, d->root, mapping_vt_)));
+  d->root = s->root;
+  d->details.mapped_blocks = s->details.mapped_blocks;
+  // Both now share every mapping: mark them so dm-thin's time rule agrees.
   sb_.time++;
   d->details.snapshotted_time = sb_.time;
   s->details.snapshotted_time = sb_.time;
@@ -259,10 +259,10 @@ Result<void> ThinMetadata::restore_device(uint64_t dev, const DeviceDetails& d,
   DevState st;
   if (share_with) {
     TP_ASSIGN_OR_RETURN(DevState * o, dev_state(*share_with));
-    TP_TRY(tm_->inc(o->root));
+    TP_TRY(changed(tm_->inc(o->root)));
     st.root = o->root;
   } else {
-    TP_ASSIGN_OR_RETURN(st.root, Btree::create_empty(*tm_, mapping_vt_));
+    TP_ASSIGN_OR_RETURN(st.root, changed(Btree::create_empty(*tm_, mapping_vt_)));
   }
   st.details = d;
   st.root_changed = st.details_changed = true;
@@ -275,7 +275,8 @@ Result<void> ThinMetadata::restore_mapping(uint64_t dev, uint64_t vblock, uint64
   TP_ASSIGN_OR_RETURN(DevState * st, dev_state(dev));
   std::array<std::byte, 8> v;
   store_le64(v.data(), pack_block_time(data_block, time));
-  TP_ASSIGN_OR_RETURN(st->root, Btree::insert(*tm_, st->root, vblock, v.data(), mapping_vt_));
+  TP_ASSIGN_OR_RETURN(st->root,
+                      changed(Btree::insert(*tm_, st->root, vblock, v.data(), mapping_vt_)));
   st->root_changed = true;
   return {};
 }
@@ -321,8 +322,8 @@ Result<void> ThinMetadata::insert(uint64_t dev, uint64_t vblock, uint64_t data_b
   std::array<std::byte, 8> v;
   store_le64(v.data(), pack_block_time(data_block, sb_.time));
   bool inserted = false;
-  TP_ASSIGN_OR_RETURN(st->root,
-                      Btree::insert(*tm_, st->root, vblock, v.data(), mapping_vt_, &inserted));
+  TP_ASSIGN_OR_RETURN(
+      st->root, changed(Btree::insert(*tm_, st->root, vblock, v.data(), mapping_vt_, &inserted)));
   st->root_changed = true;
   if (inserted) {
     st->details.mapped_blocks++;
@@ -334,7 +335,8 @@ Result<void> ThinMetadata::insert(uint64_t dev, uint64_t vblock, uint64_t data_b
 Result<bool> ThinMetadata::remove(uint64_t dev, uint64_t vblock) {
   TP_ASSIGN_OR_RETURN(DevState * st, dev_state(dev));
   bool removed = false;
-  TP_ASSIGN_OR_RETURN(uint64_t root, Btree::remove(*tm_, st->root, vblock, mapping_vt_, &removed));
+  TP_ASSIGN_OR_RETURN(uint64_t root,
+                      changed(Btree::remove(*tm_, st->root, vblock, mapping_vt_, &removed)));
   if (removed) {
     st->root = root;
     st->root_changed = true;
@@ -399,17 +401,23 @@ Result<void> ThinMetadata::walk_exact(uint64_t dev, uint64_t lo, uint64_t hi,
 }
 
 Result<uint64_t> ThinMetadata::alloc_data_block() {
-  return dsm_->new_block();
+  auto b = dsm_->new_block();
+  if (!b.ok() && b.error().code != Errc::kNoSpace) broken_ = true;  // full: nothing changed
+  return b;
 }
 
 Result<void> ThinMetadata::resize_data(uint64_t nr_data_blocks) {
   if (nr_data_blocks > kMaxDataBlock) {
     return make_error(Errc::kInvalidArgument, "too many data blocks for the format");
   }
-  return dsm_->extend(nr_data_blocks);
+  return changed(dsm_->extend(nr_data_blocks));
 }
 
 Result<void> ThinMetadata::commit() {
+  if (broken_) {
+    return make_error(Errc::kReadOnly, "a metadata update failed half way: not committed");
+  }
+  broken_ = true;  // until the superblock is written
   TransactionManager& tm = *tm_;
   // Deleted devices leave both trees (their mappings were freed already).
   for (uint64_t dev : deleted_) {
@@ -443,6 +451,7 @@ Result<void> ThinMetadata::commit() {
   sb_.metadata_sm_root = msm_->root();
   TP_TRY(tm.commit(sb_));
   dsm_->on_commit();
+  broken_ = false;
   return {};
 }
 

@@ -100,7 +100,7 @@ class ThinMetadata {
   // --- data space ---
   Result<uint64_t> alloc_data_block();
   Result<uint32_t> data_ref_count(uint64_t b) { return dsm_->get_count(b); }
-  Result<void> inc_data_block(uint64_t b) { return dsm_->inc(b); }
+  Result<void> inc_data_block(uint64_t b) { return changed(dsm_->inc(b)); }
   Result<void> dec_data_block(uint64_t b);
   Result<void> resize_data(uint64_t nr_data_blocks);
   // Data blocks freed (count reached 0) since the last take_freed(); safe to discard only
@@ -110,6 +110,13 @@ class ThinMetadata {
   // Commits the transaction (kernel order; superblock last). On error the metadata must
   // be reopened: the in-core state no longer matches the disk.
   Result<void> commit();
+
+  // True once a change failed after it may have begun (an I/O error, corruption or no
+  // metadata space met in the middle of a B-tree or space-map update, or a failed commit):
+  // the in-core transaction is no longer coherent. commit() refuses it from then on;
+  // reopening returns to the last commit. Errors found before anything changes (no such
+  // device, id in use, data space full) do not count.
+  bool broken() const { return broken_; }
 
   TransactionManager& tm() { return *tm_; }
   SpaceMap& data_sm() { return *dsm_; }
@@ -135,6 +142,12 @@ class ThinMetadata {
   static Result<void> mapping_inc(void* ctx, const std::byte* v);
   static Result<void> mapping_dec(void* ctx, const std::byte* v);
   static Result<void> top_inc(void* ctx, const std::byte* v);
+  // Passes r through; an error marks the transaction broken.
+  template <class T>
+  Result<T> changed(Result<T> r) {
+    if (!r.ok()) broken_ = true;
+    return r;
+  }
 
   std::unique_ptr<BlockManager> bm_;
   std::unique_ptr<SpaceMap> msm_;
@@ -146,6 +159,7 @@ class ThinMetadata {
   std::vector<uint64_t> freed_;
   ValueType mapping_vt_;
   ValueType top_vt_;
+  bool broken_ = false;
 };
 
 }  // namespace tp::pdata

@@ -136,11 +136,15 @@ Result<std::unique_ptr<Pool>> Pool::create(const std::string& dir, const PoolOpt
 }
 
 Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir) {
-  return open(dir, nullptr);
+  return open(dir, OpenOptions{});
 }
 
 Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const DeviceWrapper& wrap,
                                          const DeviceWrapper& wrap_data) {
+  return open(dir, OpenOptions{wrap, wrap_data});
+}
+
+Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const OpenOptions& opts) {
   struct stat st;
   if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return make_error(Errc::kCorruption, "not a pool: no such directory");
@@ -153,8 +157,8 @@ Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const DeviceWra
   p->dir_ = dir;
   TP_ASSIGN_OR_RETURN(p->lock_fd_, take_lock(dir));
   TP_ASSIGN_OR_RETURN(p->meta_dev_, io::open_file(path_in(dir, kMetadataFile)));
-  if (wrap) p->meta_dev_ = wrap(std::move(p->meta_dev_));
-  TP_ASSIGN_OR_RETURN(p->md_, pdata::ThinMetadata::open(*p->meta_dev_));
+  if (opts.wrap_metadata) p->meta_dev_ = opts.wrap_metadata(std::move(p->meta_dev_));
+  TP_ASSIGN_OR_RETURN(p->md_, pdata::ThinMetadata::open(*p->meta_dev_, opts.metadata_cache_blocks));
   TP_ASSIGN_OR_RETURN(catalog::CatalogFile cf,
                       catalog::CatalogFile::open(path_in(dir, kCatalogFile), p->md_->trans_id()));
   p->catfile_ = std::make_unique<catalog::CatalogFile>(std::move(cf));
@@ -164,7 +168,7 @@ Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const DeviceWra
     return make_error(Errc::kCorruption, "catalog and metadata disagree on the block size");
   }
   TP_ASSIGN_OR_RETURN(p->data_, io::open_file(path_in(dir, kDataFile)));
-  if (wrap_data) p->data_ = wrap_data(std::move(p->data_));
+  if (opts.wrap_data) p->data_ = opts.wrap_data(std::move(p->data_));
   if (p->data_->size() < p->md_->nr_data_blocks() * p->block_bytes_) {
     return make_error(Errc::kCorruption, "data file is shorter than the pool");
   }
@@ -186,7 +190,7 @@ Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const DeviceWra
 
 Result<void> Pool::close() {
   std::unique_lock lk(mu_);
-  if (!failed_) {
+  if (!failed_locked()) {
     io_done_.wait(lk, [&] { return inflight_ == 0; });
     TP_TRY(commit_locked());
   }
@@ -203,8 +207,9 @@ void Pool::end_io() {
 }
 
 Result<void> Pool::commit_locked() {
-  if (failed_) {
-    return make_error(Errc::kReadOnly, "pool is read-only after a failed commit; reopen it");
+  if (failed_locked()) {
+    note_state_locked();
+    return make_error(Errc::kReadOnly, "pool is read-only after a failed update; reopen it");
   }
   // Data first: every write acknowledged before this flush must be durable before the
   // metadata that maps it.
@@ -316,8 +321,8 @@ PoolInfo Pool::info() {
 }
 
 PoolState Pool::state_locked() const {
-  if (failed_ || md_->nr_free_metadata_blocks() < kMetadataSlice) {
-    return PoolState::kReadOnly;  // a failed commit, or metadata space exhausted
+  if (failed_locked() || md_->nr_free_metadata_blocks() < kMetadataSlice) {
+    return PoolState::kReadOnly;  // a failed update, or metadata space exhausted
   }
   const uint64_t unreserved = unreserved_locked();
   if (unreserved == 0) return PoolState::kFull;
@@ -583,14 +588,15 @@ Result<uint64_t> Pool::prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t 
     return make_error(Errc::kNoSpace, "metadata space is low: only trim, remove and merge work");
   }
   TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
-  TP_ASSIGN_OR_RETURN(uint64_t nb, allocate_locked(*rec, vb));
+  DrawnFrom from;
+  TP_ASSIGN_OR_RETURN(uint64_t nb, allocate_locked(*rec, vb, &from));
   uint64_t B = block_bytes_;
   if (!(boff == 0 && len == B)) {
     // Partial write: the rest of the block must be the old content (copy-on-write) or
     // zeros, never what the data block held before (stale data).
     Result<void> r = m ? data_->copy(m->data_block * B, nb * B, B) : data_->discard(nb * B, B);
     if (!r.ok()) {
-      (void)md_->dec_data_block(nb);
+      unallocate_locked(rec->name, nb, from);
       return r.error();
     }
   } else if (u) {
@@ -705,7 +711,10 @@ Result<void> Pool::write(uint64_t dev, uint64_t off, std::span<const std::byte> 
         targets.push_back({vb, *t, u});
       }
       if (targets.empty()) {
-        if (!is_wait_commit(prep)) return prep;
+        if (!is_wait_commit(prep)) {
+          note_state_locked();  // read-only if a metadata update failed half way
+          return prep;
+        }
         if (committed_for_space) {
           return make_error(Errc::kNoSpace, "pool is full (no unreserved blocks)");
         }

@@ -144,6 +144,13 @@ class Pool {
       std::function<std::unique_ptr<io::BlockDevice>(std::unique_ptr<io::BlockDevice>)>;
   static Result<std::unique_ptr<Pool>> open(const std::string& dir, const DeviceWrapper& wrap,
                                             const DeviceWrapper& wrap_data = nullptr);
+  struct OpenOptions {
+    DeviceWrapper wrap_metadata, wrap_data;
+    // Unpinned metadata blocks kept in the cache. Tests use none so that
+    // metadata reads in the middle of an operation reach the (fault-injecting) device.
+    size_t metadata_cache_blocks = 4096;
+  };
+  static Result<std::unique_ptr<Pool>> open(const std::string& dir, const OpenOptions& opts);
   ~Pool();
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
@@ -230,11 +237,12 @@ class Pool {
   Pool() = default;
   struct InFlight;
   Result<void> commit_locked();
-  // kReadOnly once a commit failed (the pool must be reopened).
+  // kReadOnly once a commit or a metadata update failed (the pool must be reopened).
   Result<void> live_locked() const {
-    if (failed_) return make_error(Errc::kReadOnly, "pool is read-only");
+    if (failed_locked()) return make_error(Errc::kReadOnly, "pool is read-only");
     return {};
   }
+  bool failed_locked() const { return failed_ || md_->broken(); }
   // Marks the transaction changed, reports space events and commits.
   Result<void> commit_change_locked() {
     dirty_ = true;
@@ -281,8 +289,14 @@ class Pool {
   // Recomputes G for every guaranteed volume (after remove, merge, rollback).
   Result<void> recompute_all_g_locked();
   void set_g_locked(uint64_t dev, uint64_t g);
-  // Allocates a data block for a write of vb in dev, by the allocation rule.
-  Result<uint64_t> allocate_locked(const catalog::VolumeRecord& rec, uint64_t vb);
+  // Allocates a data block for a write of vb in dev, by the allocation rule; *from says
+  // which space it was drawn from, for unallocate_locked.
+  enum class DrawnFrom { kGuarantee, kReserve, kPool };
+  Result<uint64_t> allocate_locked(const catalog::VolumeRecord& rec, uint64_t vb, DrawnFrom* from);
+  // Undoes allocate_locked when the new block could not be prepared (a data I/O error before
+  // it was mapped): frees it and gives its space back to where it was drawn from, so that a
+  // guarantee keeps every block it holds.
+  void unallocate_locked(const std::string& name, uint64_t block, DrawnFrom from);
   Result<void> provision_locked(const std::string& name, uint64_t vb_begin, uint64_t vb_end,
                                 catalog::ProvisionClass cls, bool zero_content);
   void note_space_locked();
@@ -315,8 +329,10 @@ class Pool {
   // transaction left to a single volume. That volume must not write them in place before the
   // next commit: after a crash the other volume's committed mapping would show its bytes.
   std::unordered_set<uint64_t> unshared_;
-  bool dirty_ = false;   // uncommitted changes
-  bool failed_ = false;  // a commit failed: read-only until reopened
+  bool dirty_ = false;  // uncommitted changes
+  // A commit failed, or an operation failed half way: read-only until reopened (a metadata
+  // update that failed half way shows as md_->broken(), see failed_locked()).
+  bool failed_ = false;
   std::mutex mu_;
   std::condition_variable io_done_;
   uint64_t inflight_ = 0;

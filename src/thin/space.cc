@@ -136,13 +136,14 @@ Result<uint64_t> Pool::new_data_block_locked() {
   return b;
 }
 
-Result<uint64_t> Pool::allocate_locked(const VolumeRecord& rec, uint64_t vb) {
+Result<uint64_t> Pool::allocate_locked(const VolumeRecord& rec, uint64_t vb, DrawnFrom* from) {
   uint64_t dev = rec.dev_id;
   bool guaranteed = catalog::is_covered(rec.guarantee, vb);
   uint64_t g = g_.count(dev) ? g_[dev] : 0;
   if (guaranteed && g > 0) {
     TP_ASSIGN_OR_RETURN(uint64_t b, new_data_block_locked());
     set_g_locked(dev, g - 1);
+    *from = DrawnFrom::kGuarantee;
     return b;
   }
   if (rec.reserve_blocks > 0) {
@@ -150,6 +151,7 @@ Result<uint64_t> Pool::allocate_locked(const VolumeRecord& rec, uint64_t vb) {
     cat_.find(rec.name)->reserve_blocks--;
     reserved_--;
     dirty_ = true;
+    *from = DrawnFrom::kReserve;
     return b;
   }
   if (unreserved_locked() == 0) {
@@ -157,7 +159,26 @@ Result<uint64_t> Pool::allocate_locked(const VolumeRecord& rec, uint64_t vb) {
   }
   TP_ASSIGN_OR_RETURN(uint64_t b, new_data_block_locked());
   note_space_locked();
+  *from = DrawnFrom::kPool;
   return b;
+}
+
+void Pool::unallocate_locked(const std::string& name, uint64_t block, DrawnFrom from) {
+  // A failure here leaves the transaction broken (md_->broken()): the pool is read-only.
+  (void)md_->dec_data_block(block);
+  VolumeRecord* w = cat_.find(name);
+  switch (from) {
+    case DrawnFrom::kGuarantee:
+      set_g_locked(w->dev_id, (g_.count(w->dev_id) ? g_[w->dev_id] : 0) + 1);
+      break;
+    case DrawnFrom::kReserve:
+      w->reserve_blocks++;
+      reserved_++;
+      break;
+    case DrawnFrom::kPool:
+      break;
+  }
+  note_space_locked();
 }
 
 Result<void> Pool::provision_locked(const std::string& name, uint64_t vb_begin, uint64_t vb_end,
@@ -205,9 +226,10 @@ Result<void> Pool::provision_locked(const std::string& name, uint64_t vb_begin, 
       continue;
     }
     if (mapped && !zero_content) continue;  // shared: its copy is reserved in G(v)
-    TP_ASSIGN_OR_RETURN(uint64_t nb, allocate_locked(*w, vb));
+    DrawnFrom from;
+    TP_ASSIGN_OR_RETURN(uint64_t nb, allocate_locked(*w, vb, &from));
     if (auto r = data_->write_zeroes(nb * B, B); !r.ok()) {
-      (void)md_->dec_data_block(nb);
+      unallocate_locked(name, nb, from);
       return r;
     }
     TP_TRY(md_->insert(dev, vb, nb));

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include "io/faulty_device.h"
 #include "pdata/checker.h"
 #include "support/md_model.h"
 #include "support/md_xml.h"
@@ -141,6 +142,56 @@ TEST(ThinMetadataOracle, CloneByReferenceThenDiverge) {
   ASSERT_TRUE(dumped.has_value());
   ASSERT_EQ(dumped->devices.size(), 2u);
   EXPECT_EQ(dumped->devices[0].mappings, dumped->devices[1].mappings);
+}
+
+// A change that fails half way (here a metadata read in the middle of B-tree inserts, with
+// no cache so the reads reach the device) marks the transaction broken: commit() refuses it
+// and the device keeps the last commit. An error found before anything changes does not.
+TEST(ThinMetadataBroken, HalfDoneChangeIsNeverCommitted) {
+  auto mem = io::make_mem_device(4 << 20);
+  {
+    auto md = ThinMetadata::format(*mem, 128, 10000);
+    ASSERT_TRUE(md.ok());
+    ASSERT_TRUE((*md)->create_thin(1).ok());
+    for (uint64_t vb = 0; vb < 2000; vb++) {
+      auto b = (*md)->alloc_data_block();
+      ASSERT_TRUE(b.ok() && (*md)->insert(1, vb, *b).ok());
+    }
+    ASSERT_TRUE((*md)->commit().ok());
+  }
+  io::FaultyDevice dev(*mem);
+  auto md = ThinMetadata::open(dev, 0);
+  ASSERT_TRUE(md.ok()) << md.error().to_string();
+  const uint64_t trans = (*md)->trans_id();
+  EXPECT_EQ((*md)->create_thin(1).error().code, Errc::kExists);
+  EXPECT_FALSE((*md)->broken()) << "a refused change is not a half-done one";
+  EXPECT_EQ((*md)->lookup(1, 99999).ok(), true);
+  dev.fail_nth_read(1);
+  EXPECT_FALSE((*md)->lookup(1, 5).ok());
+  EXPECT_FALSE((*md)->broken()) << "a failed lookup changes nothing";
+  // Inserts until one meets the failing read (each reads its path from the device).
+  dev.fail_nth_read(3);
+  Result<void> r;
+  for (uint64_t vb = 5000; vb < 5100 && r.ok(); vb++) {
+    auto b = (*md)->alloc_data_block();
+    ASSERT_TRUE(b.ok()) << b.error().to_string();
+    r = (*md)->insert(1, vb, *b);
+  }
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Errc::kIo);
+  EXPECT_TRUE((*md)->broken());
+  auto c = (*md)->commit();
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.error().code, Errc::kReadOnly);
+  auto again = ThinMetadata::open(*mem);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ((*again)->trans_id(), trans);
+  auto lk = (*again)->lookup(1, 5000);
+  ASSERT_TRUE(lk.ok());
+  EXPECT_FALSE(lk->has_value());
+  auto rep = check_metadata(**again);
+  ASSERT_TRUE(rep.ok()) << rep.error().to_string();
+  EXPECT_TRUE(rep->ok());
 }
 
 }  // namespace

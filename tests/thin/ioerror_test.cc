@@ -78,6 +78,8 @@ const char* target_name(Target t) {
   return "?";
 }
 
+constexpr size_t kSmallCache = 0;  // every metadata block lock reads the device
+
 struct Tally {
   int runs = 0, surfaced = 0, read_only = 0, thin_checks = 0;
 };
@@ -86,8 +88,12 @@ void fault_run(const Base& base, uint64_t seed, const testing::TempDir& tmp, Tal
   std::mt19937_64 rng(seed);
   auto target = static_cast<Target>(rng() % 4);
   bool dead = rng() % 3 == 0;  // fails for good from a random op on; else once
+  // Half the runs keep only a few metadata blocks in core, so that metadata reads in the
+  // middle of a B-tree change reach the device (the whole test metadata fits the default).
+  size_t cache = rng() % 2 ? kSmallCache : Pool::OpenOptions{}.metadata_cache_blocks;
   std::string where = "seed " + std::to_string(seed) + " (" + target_name(target) +
-                      (dead ? ", for good" : ", once") + ")";
+                      (dead ? ", for good" : ", once") +
+                      (cache == kSmallCache ? ", small cache" : "") + ")";
   std::string dir = tmp.file("run");
   fs::remove_all(dir);
   fs::create_directory(dir);
@@ -107,13 +113,13 @@ void fault_run(const Base& base, uint64_t seed, const testing::TempDir& tmp, Tal
   bool faulted = false;
   Error fault{};
   {
-    auto pr = Pool::open(dir, borrow(fmeta), borrow(fdata));
+    auto pr = Pool::open(dir, {borrow(fmeta), borrow(fdata), cache});
     ASSERT_TRUE(pr.ok()) << where << ": " << pr.error().to_string();
     Pool& pool = **pr;
     Workload wl(pool, seed, nullptr, tmp.path(), base.model, base.next_write, base.next_name);
     wl.tolerate_io = true;
     int dead_at = static_cast<int>(rng() % 8);
-    uint64_t nth = 1 + rng() % (reads ? 40 : 25);
+    uint64_t nth = 1 + rng() % (reads ? (cache == kSmallCache ? 400 : 40) : 25);
     if (dead) {
       wl.before_step = [&](int i) {
         if (i == dead_at) dev.set_fail_all(reads, !reads);
@@ -296,16 +302,100 @@ TEST(IoErrors, FailedWholeBlockWriteKeepsOldContent) {
   }
 }
 
-// Each of the first metadata reads of a write, a snapshot, a merge and a remove fails in turn:
-// whatever the op had changed in core must never be committed half-done. (Opening the pool
-// reads most of this small metadata into the cache, so few of these reads reach the device.)
+// Regression: a partial write to a shared block copies it into a new block drawn from the
+// volume's guarantee (or its snapshot reserve). When that copy failed, the new block was
+// freed but the space it was drawn from was not given back: the guarantee lost a block, and
+// with the pool full a later guaranteed write failed with ENOSPC.
+TEST(IoErrors, FailedCopyKeepsTheSpaceItWasDrawnFrom) {
+  for (bool reserve : {false, true}) {
+    SCOPED_TRACE(reserve ? "snapshot reserve" : "guarantee");
+    testing::TempDir tmp;
+    std::string dir = tmp.file("pool");
+    PoolOptions o;
+    o.data_bytes = 16 * kB;
+    o.metadata_bytes = 2ull << 20;
+    std::string vol = reserve ? "u" : "a";
+    {
+      auto p = std::move(*Pool::create(dir, o));
+      ASSERT_TRUE(p->create_volume("a", 4 * kB, !reserve).ok());
+      std::vector<std::byte> blk(4 * kB, std::byte{7});
+      ASSERT_TRUE(p->write(*p->dev_id("a"), 0, blk).ok());
+      // "a" guaranteed: its 4 blocks now shared with "s", their copies reserved in G(a).
+      // Or "u", a writable snapshot of "a" with a reserve of 4 blocks for its copies.
+      ASSERT_TRUE(p->snapshot("a", reserve ? "u" : "s", reserve, reserve ? 4 * kB : 0).ok());
+      // Everything else is used up.
+      ASSERT_TRUE(p->create_volume("fill", 16 * kB).ok());
+      uint64_t f = *p->dev_id("fill");
+      for (uint64_t b = 0; b < 16; b++) {
+        if (!p->write(f, b * kB, std::span(blk).first(kB)).ok()) break;
+      }
+      ASSERT_EQ(p->info().unreserved_blocks, 0u);
+      ASSERT_TRUE(p->close().ok());
+    }
+    std::unique_ptr<io::BlockDevice> inner;
+    std::unique_ptr<io::FaultyDevice> fd;
+    auto pr = Pool::open(dir, nullptr, [&](std::unique_ptr<io::BlockDevice> d) {
+      inner = std::move(d);
+      fd = std::make_unique<io::FaultyDevice>(*inner);
+      return std::make_unique<Borrowed>(*fd);
+    });
+    ASSERT_TRUE(pr.ok()) << pr.error().to_string();
+    Pool& p = **pr;
+    uint64_t d = *p.dev_id(vol);
+    std::vector<std::byte> sector(kSector, std::byte{9});
+    fd->fail_nth_write(1);  // the copy of the shared block
+    auto w = p.write(d, 0, sector);
+    ASSERT_FALSE(w.ok());
+    EXPECT_EQ(w.error().code, Errc::kIo);
+    EXPECT_NE(p.info().state, PoolState::kReadOnly) << "a data error leaves the pool writable";
+    // The freed block is the guarantee's (reserve's) again, not anyone's for the taking.
+    uint64_t f = *p.dev_id("fill");
+    for (uint64_t b = 0; b < 16; b++) {
+      auto r = p.write(f, b * kB, sector);
+      if (!r.ok()) {
+        EXPECT_EQ(r.error().code, Errc::kNoSpace);
+        break;
+      }
+      EXPECT_LT(b, 8u) << "\"fill\" took more than its 8 blocks";
+    }
+    for (uint64_t b = 0; b < 4; b++) {
+      auto r = p.write(d, b * kB + kSector, sector);
+      EXPECT_TRUE(r.ok()) << "block " << b << ": " << r.error().to_string();
+    }
+    ASSERT_TRUE(p.close().ok());
+    auto again = Pool::open(dir);
+    ASSERT_TRUE(again.ok());
+    auto c = (*again)->check();
+    ASSERT_TRUE(c.ok() && c->ok());
+    ASSERT_TRUE((*again)->close().ok());
+    EXPECT_EQ(testing::thin_check(dir + "/metadata"), "");
+  }
+}
+
+// Every metadata read of a write, a snapshot, a merge and a remove (and of the commit that
+// follows) fails in turn, with a cache of a few blocks so that the reads reach the device
+// in the middle of B-tree and space-map changes: the op or the commit reports kIo, and
+// whatever the op had changed in core is never committed half-done (check and thin_check
+// after reopening). A first run of each op counts its reads.
 TEST(IoErrors, EveryMetadataReadOfAnOpFailsInTurn) {
   testing::TempDir tmp;
   Base base;
   ASSERT_NO_FATAL_FAILURE(make_base(tmp, &base));
-  int runs = 0, surfaced = 0;
-  for (int op = 0; op < 4; op++) {
-    for (uint64_t n = 1; n <= 8; n++) {
+  std::string vol, snap;
+  for (auto& [name, v] : base.model) {
+    if (v.writable && vol.empty()) vol = name;
+    if (!v.origin.empty() && base.model.count(v.origin)) snap = name;
+  }
+  ASSERT_FALSE(vol.empty());
+  ASSERT_FALSE(snap.empty());
+  const uint64_t max_reads = testing::scaled(48, 100);
+  int runs = 0, surfaced = 0, at_commit = 0;
+  const char* const op_names[] = {"write",  "snapshot",         "merge",  "remove",
+                                  "trim",   "provision",        "resize", "rollback",
+                                  "create", "provision + zero", "extend"};
+  for (int op = 0; op < 11; op++) {
+    uint64_t reads = 0;  // of the op and its commit, counted by the run with n = 0
+    for (uint64_t n = 0; n == 0 || n <= std::min(reads, max_reads); n++) {
       std::string dir = tmp.file("sweep");
       fs::remove_all(dir);
       fs::create_directory(dir);
@@ -315,45 +405,80 @@ TEST(IoErrors, EveryMetadataReadOfAnOpFailsInTurn) {
       auto dmem = mem_from(base.data);
       auto mmem = mem_from(base.meta);
       io::FaultyDevice fmeta(*mmem);
-      std::string where = "op " + std::to_string(op) + ", read " + std::to_string(n);
-      std::string vol, snap;
-      for (auto& [name, v] : base.model) {
-        if (v.writable && vol.empty()) vol = name;
-        if (!v.origin.empty() && base.model.count(v.origin)) snap = name;
-      }
-      ASSERT_FALSE(vol.empty());
-      Result<void> r;
+      std::string where = std::string(op_names[op]) + ", read " + std::to_string(n) + " of " +
+                          std::to_string(reads);
       {
-        auto pr = Pool::open(dir, borrow(fmeta), borrow(*dmem));
+        auto pr = Pool::open(dir, {borrow(fmeta), borrow(*dmem), kSmallCache});
         ASSERT_TRUE(pr.ok()) << pr.error().to_string();
         Pool& p = **pr;
+        const uint64_t vdev = *p.dev_id(vol), vsize = *p.size_of(vdev);
+        const uint64_t pool_bytes = p.info().nr_blocks * kB;
+        uint64_t reads0 = fmeta.reads();
         fmeta.fail_nth_read(n);
         std::vector<std::byte> buf(3 * kB + kSector);
         for (uint64_t s = 0; s < buf.size() / kSector; s++) {
           fill_sector(buf.data() + s * kSector, 999999, s + 5);
         }
+        Result<void> r;
         switch (op) {
           case 0:
-            r = p.write(*p.dev_id(vol), 5 * kSector, buf);
+            r = p.write(vdev, 5 * kSector, buf);
             break;
           case 1:
             r = p.snapshot(vol, "newsnap", true, kB);
             break;
           case 2:
-            r = snap.empty() ? Result<void>{} : p.merge(snap);
+            r = p.merge(snap);
             break;
           case 3:
             r = p.remove(vol, true);
             break;
+          case 4:
+            r = p.trim(vdev, 0, 4 * kB);
+            break;
+          case 5:
+            r = p.provision(vol, 0, vsize, catalog::ProvisionClass::kData);
+            break;
+          case 6:
+            r = p.resize(vol, vsize + 3 * kB);
+            break;
+          case 7:
+            r = p.rollback(base.model.at(snap).origin, snap);
+            break;
+          case 8:
+            r = p.create_volume("newvol", 3 * kB, true);
+            break;
+          case 9:
+            r = p.provision_zero(vdev, kSector, vsize - 2 * kSector);
+            break;
+          case 10:
+            r = p.extend(pool_bytes + 4 * kB);
+            break;
         }
+        Result<void> c = p.flush();
         fmeta.fail_nth_read(0);
-        runs++;
-        if (!r.ok()) {
-          surfaced++;
-          EXPECT_TRUE(r.error().code == Errc::kIo || r.error().code == Errc::kNoSpace)
-              << where << ": " << r.error().to_string();
+        if (n == 0) {
+          ASSERT_TRUE(r.ok()) << where << ": " << r.error().to_string();
+          ASSERT_TRUE(c.ok()) << where << ": " << c.error().to_string();
+          reads = fmeta.reads() - reads0;
+        } else {
+          runs++;
+          if (!r.ok() || !c.ok()) surfaced++;
+          if (r.ok() && !c.ok()) at_commit++;
+          for (auto* e : {&r, &c}) {
+            if (!e->ok()) {
+              EXPECT_TRUE(e->error().code == Errc::kIo || e->error().code == Errc::kReadOnly)
+                  << where << ": " << e->error().to_string();
+            }
+          }
+          // A failed commit leaves the pool read-only; a failed op must leave nothing behind
+          // that the next commit would write half-done.
+          if (!c.ok()) {
+            EXPECT_EQ(p.info().state, PoolState::kReadOnly) << where;
+          }
         }
-        ASSERT_TRUE(p.close().ok()) << where;
+        auto cl = p.close();
+        ASSERT_TRUE(cl.ok()) << where << ": close: " << cl.error().to_string();
       }
       auto pr = Pool::open(dir, borrow(*mmem), borrow(*dmem));
       ASSERT_TRUE(pr.ok()) << where << ": " << pr.error().to_string();
@@ -368,7 +493,9 @@ TEST(IoErrors, EveryMetadataReadOfAnOpFailsInTurn) {
       if (::testing::Test::HasFailure()) return;
     }
   }
-  std::printf("metadata read faults: %d runs, %d surfaced\n", runs, surfaced);
+  std::printf("metadata read faults: %d runs, %d surfaced (%d at the commit)\n", runs, surfaced,
+              at_commit);
+  EXPECT_EQ(surfaced, runs) << "a failed read went unreported";
 }
 
 }  // namespace
