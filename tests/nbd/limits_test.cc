@@ -87,8 +87,9 @@ TEST(SharedBudget, BytesHeldOverAllConnectionsStayWithinTheBudget) {
   std::vector<std::thread> senders;
   auto stream = write_stream(kWrites, kMiB);
   for (auto& c : cs) senders.emplace_back([&, fd = c->fd()] { send_all(fd, stream); });
-  // Two 1 MiB writes fill the budget; every reader then waits for it.
-  ASSERT_TRUE(eventually([&] {
+  // Two 1 MiB writes fill the budget; every reader then waits for it. (EXPECT, not ASSERT,
+  // from here on: the sender threads must be joined whatever happens.)
+  EXPECT_TRUE(eventually([&] {
     return d->waiting.load() == 2 && h.server.budget().waiters() == 4;
   })) << "in target "
       << d->waiting.load() << ", waiting for budget " << h.server.budget().waiters();
@@ -135,18 +136,17 @@ TEST(SharedBudget, StopEndsAReaderWaitingForBudget) {
   close_gate(*d);
   auto sa = write_stream(1, kMiB, 1);
   auto sb = write_stream(1, kMiB, 2);
+  // EXPECT, not ASSERT: the threads must be joined whatever happens.
   std::thread ta([&] { send_all(a->fd(), sa); });
-  ASSERT_TRUE(eventually([&] { return d->waiting.load() == 1; }));
+  EXPECT_TRUE(eventually([&] { return d->waiting.load() == 1; }));
   std::thread tb([&] { send_all(b->fd(), sb); });
-  ASSERT_TRUE(eventually([&] { return h.server.budget().waiters() == 1; }));
+  EXPECT_TRUE(eventually([&] { return h.server.budget().waiters() == 1; }));
   // stop() waits for a's write, in the target; b's reader must give up its wait at once.
   std::thread stopper([&] { h.server.stop(); });
-  ASSERT_TRUE(eventually([&] { return h.server.budget().waiters() == 0; }));
+  EXPECT_TRUE(eventually([&] { return h.server.budget().waiters() == 0; }));
   d->open_gate();
   auto r = a->reply();
-  ASSERT_TRUE(r);
-  EXPECT_EQ(r->h.cookie, 1u);
-  EXPECT_EQ(r->h.error, 0u);
+  EXPECT_TRUE(r && r->h.cookie == 1u && r->h.error == 0u);
   EXPECT_FALSE(b->reply()) << "a request waiting for budget was taken after stop()";
   stopper.join();
   b->close_now();
