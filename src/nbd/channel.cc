@@ -16,6 +16,14 @@ bool is_peer_closed(const Error& e) {
   return e.what == kPeerClosed;
 }
 
+std::string describe(const Error& e) {
+  Error no_where = e;
+  no_where.where = kNoAddr;
+  std::string s = no_where.to_string();
+  if (e.where != kNoAddr) s += " (after " + std::to_string(e.where) + " bytes of the message)";
+  return s;
+}
+
 Result<void> Channel::read_exact(std::span<std::byte> buf, Clock::time_point deadline) {
   size_t done = 0;
   while (done < buf.size()) {

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 
 #include "io/result.h"
 
@@ -26,6 +27,10 @@ inline constexpr Clock::time_point kNoDeadline = Clock::time_point::max();
 inline constexpr const char* kPeerClosed = "connection closed by peer";
 inline constexpr const char* kTimedOut = "timed out waiting for the client";
 bool is_peer_closed(const Error& e);
+// An error of this layer for a log line. Error::to_string() would print Error::where as
+// "(block N)"; here it is never a block: for channel reads it is the bytes of the message
+// received before the failure, and it is printed as such.
+std::string describe(const Error& e);
 
 class Channel {
  public:

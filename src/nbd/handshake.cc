@@ -95,7 +95,9 @@ Result<std::optional<Negotiated>> Handshake::run() {
   uint32_t client_flags = wire::load_be32(cf);
   if (client_flags & ~kKnownClientFlags) {
     // proto.md: the server MUST drop the connection on a client flag it does not know.
-    return make_error(Errc::kInvalidArgument, "unknown client handshake flags", client_flags);
+    // (Error::where is never a flag value or a length here: see describe() in channel.h.)
+    log_.debug("nbd: client handshake flags {:#x}", client_flags);
+    return make_error(Errc::kInvalidArgument, "unknown client handshake flags");
   }
   no_zeroes_ = client_flags & kClientNoZeroes;
 
@@ -107,7 +109,8 @@ Result<std::optional<Negotiated>> Handshake::run() {
       // NBD_OPT_EXPORT_NAME cannot answer with an error, and a huge length cannot be
       // skipped in reasonable time: both end the connection.
       if (h.option == kOptExportName || h.length > kMaxSkippedOptionBytes) {
-        return make_error(Errc::kInvalidArgument, "option data too long", h.length);
+        log_.debug("nbd: option {} with {} bytes of data", option_name(h.option), h.length);
+        return make_error(Errc::kInvalidArgument, "option data too long");
       }
       TP_TRY(ch_->skip(h.length, deadline_));
       TP_TRY(reply_error(h.option, kRepErrTooBig, "option data too long"));

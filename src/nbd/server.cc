@@ -19,9 +19,11 @@
 namespace tp::nbd {
 
 struct Server::Conn {
-  explicit Conn(int fd, std::string p) : ch(fd), peer(std::move(p)) {}
+  Conn(int fd, std::string p, std::string a) : ch(fd), peer(std::move(p)), addr(std::move(a)) {}
   SocketChannel ch;
   std::string peer;
+  std::string addr;      // the TCP peer's IP address, "" for others (not counted)
+  bool counted = false;  // in handshakes_ (guarded by hs_mu_)
   std::thread th;
   std::atomic<bool> done{false};
 };
@@ -98,7 +100,10 @@ Result<int> listen_tcp(const std::string& spec, uint16_t& port_out) {
 }  // namespace
 
 Server::Server(ExportCatalog& catalog, Logger& log, ServerOptions opts)
-    : catalog_(catalog), log_(log), opts_(std::move(opts)) {}
+    : catalog_(catalog),
+      log_(log),
+      opts_(std::move(opts)),
+      budget_(opts_.max_inflight_bytes_total) {}
 
 Server::~Server() {
   stop();
@@ -150,21 +155,26 @@ void Server::accept_loop() {
         }
         continue;
       }
-      std::string peer = "unix";
+      std::string peer = "unix", addr;
       if (sa.ss_family == AF_INET) {
         auto* in = reinterpret_cast<sockaddr_in*>(&sa);
         char buf[INET_ADDRSTRLEN] = "?";
         ::inet_ntop(AF_INET, &in->sin_addr, buf, sizeof buf);
-        peer = std::string(buf) + ":" + std::to_string(ntohs(in->sin_port));
+        addr = buf;
+        peer = addr + ":" + std::to_string(ntohs(in->sin_port));
         int one = 1;
         (void)::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
       }
-      adopt(fd, peer);
+      admit(fd, peer, addr);
     }
   }
 }
 
 void Server::adopt(int fd, const std::string& peer) {
+  admit(fd, peer, "");
+}
+
+void Server::admit(int fd, const std::string& peer, const std::string& addr) {
   std::lock_guard lk(mu_);
   if (stopping_.load()) {
     ::close(fd);
@@ -175,8 +185,20 @@ void Server::adopt(int fd, const std::string& peer) {
     ::close(fd);
     return;
   }
-  conns_.push_back(std::make_unique<Conn>(fd, peer));
+  bool count = !addr.empty() && opts_.max_handshakes_per_address > 0;
+  if (count) {
+    std::lock_guard hl(hs_mu_);
+    unsigned& n = handshakes_[addr];
+    if (n >= opts_.max_handshakes_per_address) {
+      log_.warn("nbd: {} unfinished handshakes from {}; refusing {}", n, addr, peer);
+      ::close(fd);
+      return;
+    }
+    n++;
+  }
+  conns_.push_back(std::make_unique<Conn>(fd, peer, addr));
   Conn* c = conns_.back().get();
+  c->counted = count;
   c->th = std::thread([this, c] {
     serve(*c);
     // The client sees the end now; the fd itself is closed when the thread is reaped.
@@ -190,6 +212,7 @@ void Server::serve(Conn& c) {
   c.ch.set_send_timeout(opts_.handshake_timeout);
   TlsPolicy tls{opts_.tls, opts_.tls_credentials.get()};
   auto n = negotiate(c.ch, catalog_, log_, Clock::now() + opts_.handshake_timeout, stopping_, tls);
+  handshake_over(c);
   if (!n.ok()) {
     const Error& e = n.error();
     if (is_peer_closed(e)) {
@@ -197,7 +220,7 @@ void Server::serve(Conn& c) {
     } else if (e.what == kTimedOut) {
       log_.info("nbd: {}: handshake timed out; connection dropped", c.peer);
     } else {
-      log_.warn("nbd: {}: handshake failed: {}", c.peer, e.to_string());
+      log_.warn("nbd: {}: handshake failed: {}", c.peer, describe(e));
     }
     return;
   }
@@ -212,8 +235,23 @@ void Server::serve(Conn& c) {
   // The TLS channel, when there is one, reads and writes through c.ch: stop() shutting c.ch
   // down still wakes the session's reader.
   Channel& ch = neg.tls ? *neg.tls : static_cast<Channel&>(c.ch);
-  run_session(ch, neg, log_, opts_.session);
+  run_session(ch, neg, log_, opts_.session, &budget_);
   ch.close_gracefully();
+}
+
+void Server::handshake_over(Conn& c) {
+  std::lock_guard hl(hs_mu_);
+  if (!c.counted) return;
+  c.counted = false;
+  auto it = handshakes_.find(c.addr);
+  if (it != handshakes_.end() && --it->second == 0) handshakes_.erase(it);
+}
+
+size_t Server::handshakes_in_progress() {
+  std::lock_guard hl(hs_mu_);
+  size_t n = 0;
+  for (auto& [addr, count] : handshakes_) n += count;
+  return n;
 }
 
 void Server::reap_locked(bool all) {
@@ -238,6 +276,8 @@ void Server::stop() {
   if (stopped_) return;
   stopped_ = true;
   stopping_.store(true);
+  // Readers waiting for memory give up now instead of taking more requests.
+  budget_.close();
   if (wake_[1] >= 0) {
     char b = 1;
     (void)!::write(wake_[1], &b, 1);

@@ -5,7 +5,11 @@
 //
 // A stalled client never blocks others: the handshake has a deadline, each connection has
 // its own threads, and a client that stops reading its replies is dropped after
-// SessionOptions::send_timeout.
+// SessionOptions::send_timeout. No client can exhaust the server: connections are capped
+// (max_connections), unfinished handshakes per TCP address too (so one address cannot hold
+// every slot for handshake_timeout), and READ/WRITE buffers are bounded per connection
+// (SessionOptions::max_inflight_bytes) and for all connections together
+// (max_inflight_bytes_total, nbd/budget.h): past it, readers wait, requests do not fail.
 //
 // Thread-safety: start() and stop() from one controlling thread; adopt() and connections()
 // from any thread.
@@ -14,11 +18,13 @@
 #include <chrono>
 #include <cstdint>
 #include <list>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 
+#include "nbd/budget.h"
 #include "nbd/logger.h"
 #include "nbd/session.h"
 #include "nbd/target.h"
@@ -38,6 +44,17 @@ struct ServerOptions {
   // Shared by every connection (and by whoever loaded them). REQUIRES: set unless tls is kOff.
   std::shared_ptr<const TlsCredentials> tls_credentials;
   unsigned max_connections = 256;  // more are accepted and closed at once
+  // TCP connections from one IP address still in their handshake; more from that address
+  // are accepted and closed at once (0: no cap). Unix-socket peers are not counted: the
+  // socket is owner-only (mode 0600), so they all are the server's own user, who could
+  // stop the server anyway, and they have no address to tell them apart.
+  unsigned max_handshakes_per_address = 16;
+  // READ/WRITE buffer bytes in flight over all connections (each connection also keeps to
+  // session.max_inflight_bytes). 1 GiB: 16 connections with a full 64 MiB pipeline each,
+  // far more than a disk needs to stay busy, and a fixed ceiling instead of 256 x 64 MiB
+  // = 16 GiB. One request is always allowed when nothing else is in flight, so a limit
+  // below kMaxPayload only serialises large requests.
+  uint64_t max_inflight_bytes_total = 1ull << 30;
   SessionOptions session;
 };
 
@@ -61,11 +78,17 @@ class Server {
   uint16_t tcp_port() const { return tcp_port_; }
   // Connections currently open (handshake or transmission).
   size_t connections();
+  // TCP connections still in their handshake, over all addresses.
+  size_t handshakes_in_progress();
+  // The shared budget of READ/WRITE bytes in flight (for tests and statistics).
+  ByteBudget& budget() { return budget_; }
 
  private:
   struct Conn;
   void accept_loop();
+  void admit(int fd, const std::string& peer, const std::string& addr);
   void serve(Conn& c);
+  void handshake_over(Conn& c);
   void reap_locked(bool all);  // joins finished connection threads (all: every thread)
 
   ExportCatalog& catalog_;
@@ -80,6 +103,12 @@ class Server {
   bool stopped_ = false;
   std::mutex mu_;
   std::list<std::unique_ptr<Conn>> conns_;
+  ByteBudget budget_;
+  // Unfinished TCP handshakes per IP address. Its own mutex, never held while waiting: a
+  // connection thread ends its handshake while stop() holds mu_ and joins it. Lock order:
+  // mu_, then hs_mu_.
+  std::mutex hs_mu_;
+  std::map<std::string, unsigned> handshakes_;
 };
 
 }  // namespace tp::nbd

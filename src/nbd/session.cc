@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "nbd/budget.h"
 #include "nbd/protocol.h"
 #include "nbd/wire.h"
 
@@ -16,7 +17,7 @@ namespace {
 struct Request {
   wire::RequestHeader h;
   std::vector<std::byte> payload;  // WRITE data
-  uint64_t cost = 0;               // bytes charged against max_inflight_bytes
+  uint64_t cost = 0;               // bytes charged against max_inflight_bytes and the shared budget
 };
 
 // Extents clipped to [0, len), zero-length ones dropped, neighbours with the same flags
@@ -44,8 +45,8 @@ std::vector<wire::Descriptor> to_descriptors(const std::vector<StatusExtent>& ex
 
 class Session {
  public:
-  Session(Channel& ch, Negotiated& n, Logger& log, const SessionOptions& opts)
-      : ch_(ch), n_(n), t_(*n.target), log_(log), opts_(opts) {
+  Session(Channel& ch, Negotiated& n, Logger& log, const SessionOptions& opts, ByteBudget* shared)
+      : ch_(ch), n_(n), t_(*n.target), log_(log), opts_(opts), shared_(shared) {
     state_.size = t_.size();
     state_.eflags = n.eflags;
     state_.structured = n.structured;
@@ -70,16 +71,20 @@ class Session {
   void reply_error(const wire::RequestHeader& h, uint32_t err, std::string_view msg);
   void reply_result(const wire::RequestHeader& h, const Result<void>& r);
 
-  // Budget: blocks the reader until a request of `cost` bytes fits. False when the session
-  // is ending.
-  void acquire(uint64_t cost);
+  // Budget: blocks the reader until a request of `cost` bytes fits in this connection's
+  // limits, then in the shared budget. False (nothing held) when the shared budget is
+  // closed: the server is stopping.
+  bool acquire(uint64_t cost);
   void release(uint64_t cost);
+  // Reads a WRITE payload; fails when the client sends nothing for send_timeout.
+  Result<void> read_payload(std::span<std::byte> buf);
 
   Channel& ch_;
   Negotiated& n_;
   BlockTarget& t_;
   Logger& log_;
   SessionOptions opts_;
+  ByteBudget* shared_;
   wire::ExportState state_;
 
   std::mutex write_mu_;
@@ -94,21 +99,46 @@ class Session {
   unsigned inflight_requests_ = 0;
 };
 
-void Session::acquire(uint64_t cost) {
-  std::unique_lock lk(mu_);
-  budget_cv_.wait(lk, [&] {
-    return inflight_requests_ == 0 || (inflight_requests_ < opts_.max_inflight_requests &&
-                                       inflight_bytes_ + cost <= opts_.max_inflight_bytes);
-  });
-  inflight_requests_++;
-  inflight_bytes_ += cost;
+bool Session::acquire(uint64_t cost) {
+  {
+    std::unique_lock lk(mu_);
+    budget_cv_.wait(lk, [&] {
+      return inflight_requests_ == 0 || (inflight_requests_ < opts_.max_inflight_requests &&
+                                         inflight_bytes_ + cost <= opts_.max_inflight_bytes);
+    });
+    inflight_requests_++;
+    inflight_bytes_ += cost;
+  }
+  // Only this connection's own workers hold its limits, and they never wait for the shared
+  // budget: waiting for it while holding a slot here cannot deadlock.
+  if (cost > 0 && shared_ && !shared_->acquire(cost)) {
+    std::lock_guard lk(mu_);
+    inflight_requests_--;
+    inflight_bytes_ -= cost;
+    return false;
+  }
+  return true;
 }
 
 void Session::release(uint64_t cost) {
+  if (cost > 0 && shared_) shared_->release(cost);
   std::lock_guard lk(mu_);
   inflight_requests_--;
   inflight_bytes_ -= cost;
   budget_cv_.notify_one();
+}
+
+Result<void> Session::read_payload(std::span<std::byte> buf) {
+  // The deadline counts from the last bytes received, so a slow link is fine and only a
+  // client that stops in the middle (holding budget) is dropped.
+  size_t done = 0;
+  while (done < buf.size()) {
+    Clock::time_point deadline =
+        opts_.send_timeout.count() > 0 ? Clock::now() + opts_.send_timeout : kNoDeadline;
+    TP_ASSIGN_OR_RETURN(size_t n, ch_.read_some(buf.subspan(done), deadline));
+    done += n;
+  }
+  return {};
 }
 
 void Session::run() {
@@ -122,7 +152,7 @@ void Session::run() {
     std::byte hb[kRequestHeaderBytes];
     if (auto r = ch_.read_exact(hb); !r.ok()) {
       if (!is_peer_closed(r.error()))
-        log_.warn("nbd: {}: read: {}", n_.export_name, r.error().to_string());
+        log_.warn("nbd: {}: read: {}", n_.export_name, describe(r.error()));
       end_reason = "connection closed without NBD_CMD_DISC";
       break;
     }
@@ -151,11 +181,18 @@ void Session::run() {
     Request req;
     req.h = *h;
     if (h->type == kCmdRead || h->type == kCmdWrite) req.cost = h->length;
-    acquire(req.cost);
+    if (!acquire(req.cost)) {
+      end_reason = "server stopping (a request waiting for memory was not taken)";
+      break;
+    }
     if (v.payload > 0) {
       req.payload.resize(v.payload);
-      if (auto r = ch_.read_exact(req.payload); !r.ok()) {
+      if (auto r = read_payload(req.payload); !r.ok()) {
         release(req.cost);
+        if (r.error().what == kTimedOut) {
+          log_.warn("nbd: {}: client stalled in the middle of a WRITE payload; dropping it",
+                    n_.export_name);
+        }
         end_reason = "connection closed in the middle of a write";
         break;
       }
@@ -342,7 +379,7 @@ void Session::send(std::span<const std::span<const std::byte>> pieces) {
     if (is_peer_closed(r.error())) {
       log_.debug("nbd: {}: client went away before its reply", n_.export_name);
     } else {
-      log_.warn("nbd: {}: cannot send a reply: {}", n_.export_name, r.error().to_string());
+      log_.warn("nbd: {}: cannot send a reply: {}", n_.export_name, describe(r.error()));
     }
     ch_.shutdown_both();
   }
@@ -389,8 +426,9 @@ void Session::reply_result(const wire::RequestHeader& h, const Result<void>& r) 
 
 }  // namespace
 
-void run_session(Channel& ch, Negotiated& n, Logger& log, const SessionOptions& opts) {
-  Session s(ch, n, log, opts);
+void run_session(Channel& ch, Negotiated& n, Logger& log, const SessionOptions& opts,
+                 ByteBudget* shared) {
+  Session s(ch, n, log, opts, shared);
   s.run();
 }
 

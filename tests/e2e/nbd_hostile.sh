@@ -9,7 +9,10 @@
 #     (nothing of that size is allocated);
 #   - handshake timeout (serve --handshake-timeout 1): clients that connect and say nothing,
 #     stop after the client flags, or stop in the middle of an option are dropped, while a
-#     real client is served meanwhile.
+#     real client is served meanwhile;
+#   - handshakes per address: 16 TCP connections from 127.0.0.1 that say nothing hold
+#     every handshake slot of that address, a 17th is closed at once, a real client on the
+#     Unix socket is served meanwhile, and one over TCP once the 16 have timed out.
 # Usage: nbd_hostile.sh PATH/TO/thinpool
 . "$(dirname "$0")/lib/common.sh" "$@"
 
@@ -26,7 +29,8 @@ mkdir "$T/outside"
 LONG=$(printf 'v%.0s' {1..129})
 BAD_NAMES=("../outside/x" "a/b" "/abs" ".." "." "-x" "$LONG")
 
-start_server --handshake-timeout 1
+start_server --handshake-timeout 1 --listen 127.0.0.1:0
+[ -n "$PORT" ] || fail "no TCP port in the server's ready line"
 
 # --- names at create time, through the daemon ------------------------------------------------
 for n in "${BAD_NAMES[@]}"; do
@@ -167,6 +171,48 @@ EOF
 [ "$(grep -c 'handshake timed out' "$T/server.log")" -ge 3 ] \
   || fail "the server did not log three handshake timeouts"
 ok "clients stalling in the handshake are dropped after --handshake-timeout; others served"
+
+# --- unfinished handshakes per TCP address -------------------------------------------------------
+SOCK=$S PORT=$PORT "$PY" - <<'EOF' || fail "handshakes per address"
+import os, socket, nbd
+sock, port = os.environ["SOCK"], int(os.environ["PORT"])
+
+def tcp():
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(30)
+    return s
+
+def read_to_eof(s):
+    data = b""
+    while True:
+        chunk = s.recv(4096)  # socket.timeout after 30 s fails the test
+        if not chunk:
+            return data
+        data += chunk
+
+stalled = [tcp() for _ in range(16)]
+for s in stalled:
+    assert s.recv(18)[:8] == b"NBDMAGIC", "a stalled client got no greeting"
+extra = tcp()
+assert read_to_eof(extra) == b"", "a 17th unfinished handshake from 127.0.0.1 was greeted"
+
+h = nbd.NBD()  # the Unix socket has no per-address cap
+h.connect_unix(sock)
+assert h.pread(4096, 8192) == b"y" * 4096
+h.shutdown()
+
+# Dropped after --handshake-timeout 1; the server counts a handshake out before it closes
+# the connection, so the slots of 127.0.0.1 are free once the 16 see EOF.
+for s in stalled:
+    read_to_eof(s)
+h = nbd.NBD()
+h.connect_tcp("127.0.0.1", str(port))
+assert h.pread(4096, 8192) == b"y" * 4096
+h.shutdown()
+EOF
+grep_q 'unfinished handshakes from 127.0.0.1' "$T/server.log" \
+  || fail "the refused 17th handshake was not logged"
+ok "16 unfinished TCP handshakes per address, a 17th closed at once; Unix and later TCP clients served"
 
 stop_server
 tp check >"$T/check.out" 2>&1 || fail "pool check: $(cat "$T/check.out")"
