@@ -2,8 +2,8 @@
 //  - as catalog JSON (Catalog::from_json). Properties: what parses also validates, and
 //    to_json() of it parses back to an equal catalog;
 //  - as a catalog file, read by CatalogFile::open/records as the pool does on open;
-//  - as the same file with every record's payload checksum fixed up first, so the fuzzer
-//    reaches the JSON inside records (and the sequence/trans_id logic) past the crc.
+//  - as the same file with every record's checksum (header and payload) fixed up first, so
+//    the fuzzer reaches the JSON inside records (and the sequence/trans_id logic) past it.
 // An opened file is then written once more (append, compaction), which must reopen.
 // Seeds (fuzz/corpus/catalog_fuzz): catalogs of a real pool, as JSON and as files.
 
@@ -34,14 +34,17 @@ void fuzz_json(std::string_view text) {
   TP_FUZZ_REQUIRE(c2->to_json() == again);
 }
 
-// Record layout (catalog.h): magic[8] trans_id sequence le32 length le32 crc payload.
+// Record layout (catalog.h): magic[8] trans_id sequence le32 length le32 crc payload; the
+// crc32c covers bytes 0..27 of the record and then the payload.
 std::vector<std::byte> fix_crcs(std::span<const std::byte> in) {
   std::vector<std::byte> b(in.begin(), in.end());
   size_t pos = 0;
-  while (pos + 32 <= b.size() && std::memcmp(b.data() + pos, "TPCATLG1", 8) == 0) {
+  while (pos + 32 <= b.size() && std::memcmp(b.data() + pos, "TPCATLG2", 8) == 0) {
     uint32_t len = pdata::load_le32(b.data() + pos + 24);
     if (len > b.size() - pos - 32) break;
-    pdata::store_le32(b.data() + pos + 28, pdata::crc32c(std::span(b).subspan(pos + 32, len)));
+    uint32_t crc = pdata::crc32c_raw(0xFFFFFFFFu, std::span(b).subspan(pos, 28));
+    crc = ~pdata::crc32c_raw(crc, std::span(b).subspan(pos + 32, len));
+    pdata::store_le32(b.data() + pos + 28, crc);
     pos += 32 + len;
   }
   return b;
@@ -63,7 +66,7 @@ void fuzz_file(std::span<const std::byte> bytes) {
   }
   // Trans ids straight from the record headers too (records() needs an open file).
   for (size_t pos = 0; pos + 16 <= bytes.size() && ids.size() < 8; pos += 8) {
-    if (std::memcmp(bytes.data() + pos, "TPCATLG1", 8) == 0) {
+    if (std::memcmp(bytes.data() + pos, "TPCATLG2", 8) == 0) {
       ids.insert(pdata::load_le64(bytes.data() + pos + 8));
     }
   }

@@ -21,6 +21,7 @@
 #include "nbd/protocol.h"
 #include "nbd/wire.h"
 #include "pdata/btree.h"
+#include "pdata/crc32c.h"
 #include "pdata/format.h"
 #include "thin/pool.h"
 #include "thin/update.h"
@@ -153,6 +154,15 @@ void catalog_seeds(const std::string& dir) {
   }
   must(catalog::Catalog::from_json(json).ok(), "the pool's catalog JSON parses");
   put("catalog_fuzz", "pool-catalog.json", json);
+  // The same file in the first layout (magic TPCATLG1, crc of the payload only): refused.
+  auto old = bytes;
+  for (size_t pos = 0; pos + 32 <= old.size();) {
+    uint32_t len = pdata::load_le32(old.data() + pos + 24);
+    old[pos + 7] = std::byte{'1'};
+    pdata::store_le32(old.data() + pos + 28, pdata::crc32c(std::span(old).subspan(pos + 32, len)));
+    pos += 32 + len;
+  }
+  put("catalog_fuzz", "old-layout-catalog-file", old);
   catalog::Catalog empty;
   empty.settings.data_bytes = 1 << 30;
   put("catalog_fuzz", "empty.json", empty.to_json());

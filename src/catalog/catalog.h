@@ -9,10 +9,16 @@
 // there, so a crash between the two writes resolves to a consistent pair either way.
 //
 // File format (all integers little-endian): a sequence of records, each
-//   0  le64 magic "TPCATLG1"   8  le64 trans_id   16 le64 sequence (strictly increasing)
-//   24 le32 payload length     28 le32 crc32c of the payload
+//   0  8 bytes magic "TPCATLG2"   8  le64 trans_id   16 le64 sequence (strictly increasing)
+//   24 le32 payload length        28 le32 crc32c of bytes 0..27 followed by the payload
 //   32 payload: JSON (UTF-8), see Catalog::to_json
-// A torn or corrupt tail record is ignored. When the file grows past
+// The crc covers the whole record but itself, so a damaged byte anywhere in a record makes
+// it invalid. The scan stops at the first record that is cut short, has a bad magic or crc,
+// or does not raise the sequence: that record and everything after it are a torn tail,
+// ignored (and overwritten by the next append); the generations before it stay usable.
+// A file whose first record is an intact one of the first layout ("TPCATLG1": same header,
+// crc of the payload only) is refused with kCorruption ("catalog written by an older
+// thinpool format"), never read as empty or torn. When the file grows past
 // max(1 MiB, 8 x the last record) it is compacted: the last two generations are written to
 // catalog.tmp, synced, renamed over catalog, and the directory synced. "The last two" are
 // the record just written and the newest record of an earlier transaction (the one the
@@ -112,7 +118,8 @@ class CatalogFile {
   static Result<CatalogFile> create(const std::string& path, const Catalog& initial,
                                     uint64_t trans_id);
   // Opens the file and loads the newest valid record whose trans_id == trans_id.
-  // kCorruption when no record matches, or when the matching record's JSON is bad (the
+  // kCorruption when no record matches, when the file is of the old layout (see above), or
+  // when the matching record's JSON is bad (the
   // error's `what` is a literal: the caller adds the path to its message). The file itself
   // failing to open/read: kIo with sys_errno (ENOENT when missing).
   static Result<CatalogFile> open(const std::string& path, uint64_t trans_id);
@@ -130,6 +137,7 @@ class CatalogFile {
   // Record sequence numbers and trans ids present in the file (for tests and `check`): the
   // valid records in file order, then, if the file has a torn tail, one entry for it with
   // valid = false (trans_id/sequence as its header claims, 0 when the header is cut short).
+  // kCorruption for a file of the old layout, as open().
   struct RecordInfo {
     uint64_t offset, trans_id, sequence;
     bool valid;

@@ -23,13 +23,18 @@
 namespace tp::catalog {
 namespace {
 
-// Record header: magic, trans_id, sequence, payload length, payload crc32c.
+// Record header: magic, trans_id, sequence, payload length, and a crc32c of the header's
+// first kCrcOff bytes followed by the payload, so that a damaged byte anywhere in a record
+// (header or payload) makes it invalid.
 constexpr size_t kHeaderBytes = 32;
 constexpr size_t kTransIdOff = 8;
 constexpr size_t kSequenceOff = 16;
 constexpr size_t kLengthOff = 24;
 constexpr size_t kCrcOff = 28;
-constexpr std::array<char, 8> kMagic = {'T', 'P', 'C', 'A', 'T', 'L', 'G', '1'};
+constexpr std::array<char, 8> kMagic = {'T', 'P', 'C', 'A', 'T', 'L', 'G', '2'};
+// The first layout: same header, but the crc covered the payload alone. Recognised only to
+// refuse such a file rather than take it for an empty or torn one.
+constexpr std::array<char, 8> kOldMagic = {'T', 'P', 'C', 'A', 'T', 'L', 'G', '1'};
 static_assert(kCrcOff + 4 == kHeaderBytes);
 
 // Compact when the file is larger than max(kCompactMinBytes, kCompactFactor x last record).
@@ -79,14 +84,24 @@ __attribute__((target("sse4.2"))) uint32_t crc_sse42(uint32_t crc, const unsigne
 }
 #endif
 
-// The usual CRC-32C (iSCSI): initial ~0, final inversion. crc32c("123456789") = 0xE3069283.
-uint32_t crc32c(std::string_view data) {
+// Raw update: no initial or final inversion, so that pieces can be chained.
+uint32_t crc32c_raw(uint32_t crc, std::string_view data) {
   const auto* p = reinterpret_cast<const unsigned char*>(data.data());
 #if defined(__x86_64__)
   static const bool have_sse42 = __builtin_cpu_supports("sse4.2");
-  if (have_sse42) return ~crc_sse42(0xFFFFFFFFu, p, data.size());
+  if (have_sse42) return crc_sse42(crc, p, data.size());
 #endif
-  return ~crc_table(0xFFFFFFFFu, p, data.size());
+  return crc_table(crc, p, data.size());
+}
+
+// The usual CRC-32C (iSCSI): initial ~0, final inversion. crc32c("123456789") = 0xE3069283.
+uint32_t crc32c(std::string_view data) {
+  return ~crc32c_raw(0xFFFFFFFFu, data);
+}
+
+// crc32c of header[0, kCrcOff) followed by the payload.
+uint32_t record_crc(std::string_view header, std::string_view payload) {
+  return ~crc32c_raw(crc32c_raw(0xFFFFFFFFu, header.substr(0, kCrcOff)), payload);
 }
 
 // --- little-endian fields ------------------------------------------------------------------
@@ -111,7 +126,7 @@ std::string encode_record(uint64_t trans_id, uint64_t sequence, std::string_view
   store_le(rec.data() + kTransIdOff, trans_id, 8);
   store_le(rec.data() + kSequenceOff, sequence, 8);
   store_le(rec.data() + kLengthOff, payload.size(), 4);
-  store_le(rec.data() + kCrcOff, crc32c(payload), 4);
+  store_le(rec.data() + kCrcOff, record_crc(rec, payload), 4);
   rec.append(payload);
   return rec;
 }
@@ -126,20 +141,42 @@ struct Record {
 struct Scan {
   std::vector<Record> valid;  // in file order
   uint64_t end = 0;           // offset after the last valid record
+  bool old_format = false;    // the file starts with a valid record of the old layout
 };
 
-// Valid records from offset 0 up to the first that is short, has a bad magic or checksum,
-// runs past the end of the file, or does not raise the sequence: that one and everything
-// after it is a torn tail from an interrupted append.
+constexpr const char* kOldFormatError =
+    "catalog written by an older thinpool format (TPCATLG1 records, header not checksummed)";
+
+// Whether `bytes` starts with a whole, intact record of the old layout (magic TPCATLG1,
+// crc32c of the payload only). Garbage that merely starts with the old magic is not.
+bool starts_with_old_record(std::string_view bytes) {
+  if (bytes.size() < kHeaderBytes) return false;
+  if (std::memcmp(bytes.data(), kOldMagic.data(), kOldMagic.size()) != 0) return false;
+  uint64_t len = load_le(bytes.data() + kLengthOff, 4);
+  if (len > bytes.size() - kHeaderBytes) return false;
+  return crc32c(bytes.substr(kHeaderBytes, len)) == load_le(bytes.data() + kCrcOff, 4);
+}
+
+// Valid records from offset 0 up to the first that is short, has a bad magic or checksum
+// (which covers the header too), runs past the end of the file, or does not raise the
+// sequence: that one and everything after it is a torn tail from an interrupted append.
+// A file of the old layout has no valid records and old_format set.
 Scan scan(std::string_view bytes) {
   Scan s;
+  if (starts_with_old_record(bytes)) {
+    s.old_format = true;
+    return s;
+  }
   uint64_t off = 0;
   while (bytes.size() - off >= kHeaderBytes) {
     const char* h = bytes.data() + off;
     if (std::memcmp(h, kMagic.data(), kMagic.size()) != 0) break;
     uint64_t len = load_le(h + kLengthOff, 4);
     if (len > bytes.size() - off - kHeaderBytes) break;
-    if (crc32c(bytes.substr(off + kHeaderBytes, len)) != load_le(h + kCrcOff, 4)) break;
+    if (record_crc(bytes.substr(off, kHeaderBytes), bytes.substr(off + kHeaderBytes, len)) !=
+        load_le(h + kCrcOff, 4)) {
+      break;
+    }
     Record r{off, kHeaderBytes + len, load_le(h + kTransIdOff, 8), load_le(h + kSequenceOff, 8)};
     if (!s.valid.empty() && r.sequence <= s.valid.back().sequence) break;
     s.valid.push_back(r);
@@ -263,6 +300,7 @@ Result<CatalogFile> CatalogFile::create(const std::string& path, const Catalog& 
 Result<CatalogFile> CatalogFile::open(const std::string& path, uint64_t trans_id) {
   TP_ASSIGN_OR_RETURN(std::string bytes, read_file(path));
   Scan s = scan(bytes);
+  if (s.old_format) return make_error(Errc::kCorruption, kOldFormatError);
   // The last one wins: a generation written for a transaction whose commit then failed is
   // followed by the retry's record with the same trans_id.
   const Record* pick = nullptr;
@@ -285,8 +323,8 @@ Result<CatalogFile> CatalogFile::open(const std::string& path, uint64_t trans_id
 
 Result<void> CatalogFile::write(const Catalog& c, uint64_t trans_id) {
   // The next record's sequence must exceed the last one's, or the scan would take the new
-  // record for a torn tail and the write, though synced, would be lost. Only a damaged
-  // header (the crc covers the payload alone) can bring the sequence this far.
+  // record for a torn tail and the write, though synced, would be lost. The header is
+  // checksummed, so only a writer bug (or 2^64 writes) can bring the sequence this far.
   if (sequence_ == UINT64_MAX) {
     return make_error(Errc::kCorruption, "catalog record sequence numbers are exhausted");
   }
@@ -362,6 +400,7 @@ Result<void> CatalogFile::compact(uint64_t trans_id) {
 Result<std::vector<CatalogFile::RecordInfo>> CatalogFile::records() const {
   TP_ASSIGN_OR_RETURN(std::string bytes, read_file(path_));
   Scan s = scan(bytes);
+  if (s.old_format) return make_error(Errc::kCorruption, kOldFormatError);
   std::vector<RecordInfo> out;
   out.reserve(s.valid.size() + 1);
   for (const Record& r : s.valid) {

@@ -1,5 +1,6 @@
 #include "catalog/catalog.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -95,6 +96,31 @@ uint64_t le(const std::string& s, size_t off, int bytes) {
   uint64_t v = 0;
   for (int i = 0; i < bytes; i++) v |= uint64_t{static_cast<unsigned char>(s[off + i])} << (8 * i);
   return v;
+}
+
+// A record as catalog.h documents it, built independently of the code under test. The
+// current layout ("TPCATLG2") checksums bytes 0..27 and the payload; the old one
+// ("TPCATLG1") the payload alone.
+std::string make_record(uint64_t trans_id, uint64_t sequence, const std::string& payload,
+                        bool old_layout = false) {
+  std::string rec = old_layout ? "TPCATLG1" : "TPCATLG2";
+  auto put = [&rec](uint64_t v, int n) {
+    for (int i = 0; i < n; i++) rec.push_back(static_cast<char>(v >> (8 * i)));
+  };
+  put(trans_id, 8);
+  put(sequence, 8);
+  put(payload.size(), 4);
+  put(ref_crc32c(old_layout ? payload : rec + payload), 4);
+  return rec + payload;
+}
+
+// Overwrites one byte of a file in place (no truncation: rewriting a whole small file
+// thousands of times is slow on some file systems, which flush on close after a truncate).
+void poke(const std::string& path, uint64_t off, char byte) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << path;
+  ASSERT_EQ(::pwrite(fd, &byte, 1, static_cast<off_t>(off)), 1) << path;
+  ::close(fd);
 }
 
 uint64_t file_size(const std::string& path) {
@@ -604,15 +630,16 @@ TEST(CatalogFile, RecordHeaderMatchesDocumentedLayout) {
   ASSERT_TRUE(CatalogFile::create(path, c, 0x0102030405060708).ok());
   std::string bytes = tp::testing::read_file(path);
   ASSERT_GE(bytes.size(), 32u);
-  EXPECT_EQ(bytes.substr(0, 8), "TPCATLG1");
+  EXPECT_EQ(bytes.substr(0, 8), "TPCATLG2");
   EXPECT_EQ(le(bytes, 8, 8), 0x0102030405060708u);
   EXPECT_EQ(le(bytes, 16, 8), 1u);  // first sequence number
   uint64_t len = le(bytes, 24, 4);
   ASSERT_EQ(bytes.size(), 32 + len);
   std::string payload = bytes.substr(32);
   EXPECT_EQ(ref_crc32c("123456789"), 0xE3069283u);
-  EXPECT_EQ(le(bytes, 28, 4), ref_crc32c(payload));
+  EXPECT_EQ(le(bytes, 28, 4), ref_crc32c(bytes.substr(0, 28) + payload));
   EXPECT_EQ(payload, c.to_json());
+  EXPECT_EQ(bytes, make_record(0x0102030405060708, 1, c.to_json()));
 }
 
 TEST(CatalogFile, OpenPicksTheGenerationOfTheTransaction) {
@@ -643,16 +670,15 @@ TEST(CatalogFile, OpenPicksTheLastRecordOfARetriedTransaction) {
   EXPECT_EQ(g->current(), numbered(3));
 }
 
-// Found by catalog_fuzz: a record whose (unchecksummed) header says sequence 2^64-1 made
-// the next write use sequence 0, which the scan then took for a torn tail: write() said ok,
-// but the generation it wrote could never be opened. Now the write is refused and the file
-// stays at the previous generation.
+// Found by catalog_fuzz: a record whose (then unchecksummed) header said sequence 2^64-1
+// made the next write use sequence 0, which the scan then took for a torn tail: write() said
+// ok, but the generation it wrote could never be opened. Now the write is refused and the
+// file stays at the previous generation (and a damaged header no longer passes the crc, see
+// AnyDamagedHeaderByteOfTheLastRecordMakesItInvalid; this record is well formed).
 TEST(CatalogFile, WriteAfterTheLastSequenceNumberIsRefused) {
   TempDir dir;
   std::string path = dir.file("catalog");
-  ASSERT_TRUE(CatalogFile::create(path, numbered(1), 1).ok());
-  std::string bytes = tp::testing::read_file(path);
-  bytes.replace(16, 8, std::string(8, '\xff'));  // sequence of the only record
+  std::string bytes = make_record(1, UINT64_MAX, numbered(1).to_json());
   tp::testing::write_file(path, bytes);
   auto f = CatalogFile::open(path, 1);
   ASSERT_TRUE(f.ok()) << f.error().to_string();
@@ -702,16 +728,7 @@ TEST(CatalogFile, MatchingRecordWithBadJsonIsCorruption) {
   TempDir dir;
   std::string path = dir.file("catalog");
   // A well-framed record whose payload is not a catalog (a writer bug, not a torn tail).
-  std::string payload = "{\"format\":1}";
-  std::string rec = "TPCATLG1";
-  auto put = [&rec](uint64_t v, int n) {
-    for (int i = 0; i < n; i++) rec.push_back(static_cast<char>(v >> (8 * i)));
-  };
-  put(1, 8);
-  put(1, 8);
-  put(payload.size(), 4);
-  put(ref_crc32c(payload), 4);
-  tp::testing::write_file(path, rec + payload);
+  tp::testing::write_file(path, make_record(1, 1, "{\"format\":1}"));
   auto g = CatalogFile::open(path, 1);
   ASSERT_FALSE(g.ok());
   EXPECT_EQ(g.error().code, Errc::kCorruption);
@@ -755,6 +772,167 @@ TEST(CatalogFile, FlippedPayloadByteOfLastRecordIsIgnored) {
   EXPECT_EQ(CatalogFile::open(path, 2).error().code, Errc::kCorruption);
 }
 
+const char* header_field(size_t off) {
+  return off < 8    ? "magic"
+         : off < 16 ? "trans_id"
+         : off < 24 ? "sequence"
+         : off < 28 ? "length"
+                    : "crc";
+}
+
+constexpr const char* kNoGeneration = "catalog has no generation for the metadata transaction";
+
+// Every single-byte corruption (each of the 255 other values of each of the 32 header bytes)
+// of the last record makes it invalid: a torn tail, as a damaged payload. The generation
+// before it opens, the one it held does not, nor does the one its damaged header claims.
+// While the crc covered the payload alone, e.g. a trans_id damaged into 1 made open(1) load
+// generation 2's catalog, and a damaged sequence went unnoticed.
+TEST(CatalogFile, AnyDamagedHeaderByteOfTheLastRecordMakesItInvalid) {
+  TempDir dir;
+  std::string path = dir.file("catalog");
+  auto f = CatalogFile::create(path, numbered(1), 1);
+  ASSERT_TRUE(f.ok());
+  const uint64_t last = file_size(path);
+  ASSERT_TRUE(f->write(numbered(2), 2).ok());
+  const std::string good = tp::testing::read_file(path);
+  int cases = 0;
+  std::string bytes = good;
+  for (size_t i = 0; i < 32; i++) {
+    for (int x = 1; x < 256; x++) {
+      bytes[last + i] = static_cast<char>(good[last + i] ^ x);
+      ASSERT_NO_FATAL_FAILURE(poke(path, last + i, bytes[last + i]));
+      const std::string where =
+          std::string(header_field(i)) + " byte " + std::to_string(i) + " ^ " + std::to_string(x);
+      auto one = CatalogFile::open(path, 1);
+      ASSERT_TRUE(one.ok()) << where << ": " << one.error().to_string();
+      ASSERT_EQ(one->current(), numbered(1)) << where;
+      auto two = CatalogFile::open(path, 2);
+      ASSERT_FALSE(two.ok()) << where;
+      ASSERT_STREQ(two.error().what, kNoGeneration) << where;
+      uint64_t claimed = le(bytes, last + 8, 8);
+      if (claimed != 1 && claimed != 2) {
+        auto c = CatalogFile::open(path, claimed);
+        ASSERT_FALSE(c.ok()) << where;
+        ASSERT_STREQ(c.error().what, kNoGeneration) << where;
+      }
+      auto recs = one->records();
+      ASSERT_TRUE(recs.ok()) << where;
+      ASSERT_EQ(recs->size(), 2u) << where;
+      ASSERT_TRUE((*recs)[0].valid) << where;
+      ASSERT_FALSE((*recs)[1].valid) << where;
+      ASSERT_EQ((*recs)[1].offset, last) << where;
+      cases++;
+    }
+    bytes[last + i] = good[last + i];
+    ASSERT_NO_FATAL_FAILURE(poke(path, last + i, good[last + i]));
+  }
+  ASSERT_EQ(tp::testing::read_file(path), good);
+  ASSERT_NO_FATAL_FAILURE(poke(path, last + 16, static_cast<char>(good[last + 16] ^ 0x80)));
+  EXPECT_EQ(cases, 32 * 255);
+  // As any torn tail, the next append (the retried transaction 2) overwrites it.
+  auto one = CatalogFile::open(path, 1);
+  ASSERT_TRUE(one.ok());
+  ASSERT_TRUE(one->write(numbered(3), 2).ok());
+  auto two = CatalogFile::open(path, 2);
+  ASSERT_TRUE(two.ok()) << two.error().to_string();
+  EXPECT_EQ(two->current(), numbered(3));
+  EXPECT_EQ(file_size(path), good.size());
+}
+
+// A damaged header byte in an earlier record ends the scan there, as a damaged payload
+// does: the generations before it still open, that one and every later one give the
+// "no generation" error (never the old-format one, never a misread catalog).
+TEST(CatalogFile, AnyDamagedHeaderByteOfAnEarlierRecordEndsTheScanThere) {
+  TempDir dir;
+  std::string path = dir.file("catalog");
+  auto f = CatalogFile::create(path, numbered(1), 1);
+  ASSERT_TRUE(f.ok());
+  const uint64_t second = file_size(path);
+  ASSERT_TRUE(f->write(numbered(2), 2).ok());
+  ASSERT_TRUE(f->write(numbered(3), 3).ok());
+  const std::string good = tp::testing::read_file(path);
+  int cases = 0;
+  for (uint64_t rec : {uint64_t{0}, second}) {
+    for (size_t i = 0; i < 32; i++) {
+      for (int x = 1; x < 256; x++) {
+        ASSERT_NO_FATAL_FAILURE(poke(path, rec + i, static_cast<char>(good[rec + i] ^ x)));
+        const std::string where = "record at " + std::to_string(rec) + ", " + header_field(i) +
+                                  " byte " + std::to_string(i) + " ^ " + std::to_string(x);
+        for (uint64_t t = 1; t <= 3; t++) {
+          auto g = CatalogFile::open(path, t);
+          if (rec == second && t == 1) {
+            ASSERT_TRUE(g.ok()) << where << ": " << g.error().to_string();
+            ASSERT_EQ(g->current(), numbered(1)) << where;
+          } else {
+            ASSERT_FALSE(g.ok()) << where << " t=" << t;
+            ASSERT_EQ(g.error().code, Errc::kCorruption) << where;
+            ASSERT_STREQ(g.error().what, kNoGeneration) << where << " t=" << t;
+          }
+        }
+        cases++;
+      }
+      ASSERT_NO_FATAL_FAILURE(poke(path, rec + i, good[rec + i]));
+    }
+  }
+  EXPECT_EQ(cases, 2 * 32 * 255);
+  EXPECT_EQ(tp::testing::read_file(path), good);
+}
+
+// A catalog of the first layout (TPCATLG1, crc of the payload only) is refused with a clear
+// error, whole, with several records or with a torn tail; it is not read as empty or torn,
+// and it is left as it was.
+TEST(CatalogFile, OldLayoutFileIsRefusedWithAClearError) {
+  TempDir dir;
+  std::string path = dir.file("catalog");
+  const std::string old1 = make_record(1, 1, numbered(1).to_json(), /*old_layout=*/true);
+  const std::string old2 = make_record(2, 2, numbered(2).to_json(), /*old_layout=*/true);
+  for (const std::string& bytes : {old1, old1 + old2, old1 + old2.substr(0, 40)}) {
+    tp::testing::write_file(path, bytes);
+    for (uint64_t t : {0u, 1u, 2u, 3u}) {
+      auto g = CatalogFile::open(path, t);
+      ASSERT_FALSE(g.ok()) << bytes.size() << " t=" << t;
+      EXPECT_EQ(g.error().code, Errc::kCorruption);
+      EXPECT_NE(std::string(g.error().what).find("catalog written by an older thinpool format"),
+                std::string::npos)
+          << g.error().what;
+    }
+    EXPECT_EQ(tp::testing::read_file(path), bytes);
+  }
+  // records() says the same when the file is replaced by an old one under an open catalog.
+  auto f = CatalogFile::create(dir.file("new"), numbered(1), 1);
+  ASSERT_TRUE(f.ok());
+  tp::testing::write_file(dir.file("new"), old1);
+  auto recs = f->records();
+  ASSERT_FALSE(recs.ok());
+  EXPECT_EQ(recs.error().code, Errc::kCorruption);
+  EXPECT_NE(std::string(recs.error().what).find("older thinpool format"), std::string::npos);
+}
+
+// Only an intact old record counts as the old layout: bytes that merely start with the old
+// magic are garbage (no generation), and an old record after current ones is a torn tail.
+TEST(CatalogFile, OldMagicAloneIsNotTakenForTheOldLayout) {
+  TempDir dir;
+  std::string path = dir.file("catalog");
+  std::string old1 = make_record(1, 1, numbered(1).to_json(), /*old_layout=*/true);
+  old1[old1.size() - 2] ^= 0x20;  // payload no longer matches its crc
+  tp::testing::write_file(path, old1);
+  auto g = CatalogFile::open(path, 1);
+  ASSERT_FALSE(g.ok());
+  EXPECT_STREQ(g.error().what, kNoGeneration);
+
+  const std::string cur = make_record(1, 1, numbered(1).to_json());
+  tp::testing::write_file(path, cur + make_record(2, 2, numbered(2).to_json(), true));
+  auto one = CatalogFile::open(path, 1);
+  ASSERT_TRUE(one.ok()) << one.error().to_string();
+  EXPECT_EQ(one->current(), numbered(1));
+  EXPECT_STREQ(CatalogFile::open(path, 2).error().what, kNoGeneration);
+  auto recs = one->records();
+  ASSERT_TRUE(recs.ok());
+  ASSERT_EQ(recs->size(), 2u);
+  EXPECT_FALSE((*recs)[1].valid);
+  EXPECT_EQ((*recs)[1].offset, cur.size());
+}
+
 TEST(CatalogFile, WriteAfterATornTailOverwritesIt) {
   TempDir dir;
   std::string path = dir.file("catalog");
@@ -782,8 +960,8 @@ TEST(CatalogFile, RecordThatDoesNotRaiseTheSequenceEndsTheScan) {
   std::string path = dir.file("catalog");
   ASSERT_TRUE(CatalogFile::create(path, numbered(1), 1).ok());
   std::string bytes = tp::testing::read_file(path);
-  std::string second = bytes;  // same sequence (1), different trans_id
-  second[8] = 2;
+  // Well formed, but with the same sequence (1) and a different trans_id.
+  std::string second = make_record(2, 1, numbered(2).to_json());
   tp::testing::write_file(path, bytes + second);
   EXPECT_EQ(CatalogFile::open(path, 2).error().code, Errc::kCorruption);
   auto one = CatalogFile::open(path, 1);

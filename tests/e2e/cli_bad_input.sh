@@ -109,6 +109,40 @@ expect 3 "$TP" -p "$T/copy" check
 expect 3 "$TP" -p "$T/copy" --json read vol "$T/x.img"
 intact "damaged copy"
 
+# A catalog of the first record layout (TPCATLG1: crc32c of the payload only, the header
+# not covered) is refused with a clear message, never read as empty, and left unchanged.
+cp -r --sparse=always "$P" "$T/old"
+python3 - "$T/old/catalog" <<'PY'
+import struct, sys
+def crc32c(b):
+    c = 0xFFFFFFFF
+    for x in b:
+        c ^= x
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    return c ^ 0xFFFFFFFF
+b = bytearray(open(sys.argv[1], "rb").read())
+pos = 0
+while pos + 32 <= len(b):
+    assert b[pos:pos + 8] == b"TPCATLG2"
+    n = struct.unpack_from("<I", b, pos + 24)[0]
+    # As catalog.h documents the current layout: header bytes 0..27, then the payload.
+    assert struct.unpack_from("<I", b, pos + 28)[0] == crc32c(b[pos:pos + 28] + b[pos + 32:pos + 32 + n])
+    b[pos + 7] = ord("1")
+    struct.pack_into("<I", b, pos + 28, crc32c(b[pos + 32:pos + 32 + n]))
+    pos += 32 + n
+assert pos == len(b)
+open(sys.argv[1], "wb").write(b)
+PY
+OLD_SUM=$(sha256sum <"$T/old/catalog")
+expect 3 "$TP" -p "$T/old" info
+grep -q 'catalog written by an older thinpool format' "$T/err" \
+  || fail "old catalog layout message is not clear: $(cat "$T/err")"
+expect 3 "$TP" -p "$T/old" check
+expect 3 "$TP" -p "$T/old" list
+[ "$(sha256sum <"$T/old/catalog")" = "$OLD_SUM" ] || fail "the old-layout catalog was changed"
+intact "old catalog layout"
+
 # --- another process holds the pool's lock (1) -------------------------------------------
 mkfifo "$T/ready"
 python3 -c '
