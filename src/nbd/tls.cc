@@ -7,6 +7,7 @@
 #include <cctype>
 #include <cerrno>
 #include <fstream>
+#include <mutex>
 #include <vector>
 
 namespace tp::nbd {
@@ -70,23 +71,37 @@ class TlsChannel final : public Channel {
     }
   }
 
+  // The session is used by one thread at a time (mu_), as GnuTLS requires for key updates:
+  // a reader answers a peer's KeyUpdate from inside gnutls_record_recv. So that a reader
+  // never holds mu_ while it waits for the peer, it calls GnuTLS only for what has already
+  // arrived (the pull callback does not block then) and waits outside the lock.
   Result<size_t> read_some(std::span<std::byte> buf, Clock::time_point deadline) override {
     read_deadline_ = deadline;
     for (;;) {
-      ssize_t n = gnutls_record_recv(s_, buf.data(), buf.size());
+      ssize_t n;
+      {
+        std::lock_guard lk(mu_);
+        pull_nonblocking_ = true;
+        n = gnutls_record_recv(s_, buf.data(), buf.size());
+        pull_nonblocking_ = false;
+      }
       if (n > 0) return static_cast<size_t>(n);
       if (n == 0) return Error{Errc::kIo, 0, kNoAddr, kPeerClosed};  // close_notify
-      if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) {
-        if (Clock::now() >= deadline) return Error{Errc::kIo, ETIMEDOUT, kNoAddr, kTimedOut};
-        continue;
+      if (n != GNUTLS_E_AGAIN && n != GNUTLS_E_INTERRUPTED) {
+        // Anything else ends the connection, renegotiation requests included.
+        return failure(static_cast<int>(n), pull_error_);
       }
-      // Anything else ends the connection, renegotiation requests included.
-      return failure(static_cast<int>(n), pull_error_);
+      if (Clock::now() >= deadline) return Error{Errc::kIo, ETIMEDOUT, kNoAddr, kTimedOut};
+      TP_ASSIGN_OR_RETURN(bool ready, inner_.wait_readable(deadline));
+      if (!ready) return Error{Errc::kIo, ETIMEDOUT, kNoAddr, kTimedOut};
     }
   }
 
   Result<bool> wait_readable(Clock::time_point deadline) override {
-    if (gnutls_record_check_pending(s_) > 0) return true;
+    {
+      std::lock_guard lk(mu_);
+      if (gnutls_record_check_pending(s_) > 0) return true;
+    }
     return inner_.wait_readable(deadline);
   }
 
@@ -109,10 +124,23 @@ class TlsChannel final : public Channel {
     return send_gathered();
   }
 
+  Result<void> key_update() {
+    std::lock_guard lk(mu_);
+    int rc = gnutls_session_key_update(s_, GNUTLS_KU_PEER);
+    if (rc == GNUTLS_E_INVALID_REQUEST) {
+      return make_error(Errc::kInvalidArgument, "key update needs TLS 1.3");
+    }
+    if (rc < 0) return failure(rc, push_error_);
+    return {};
+  }
+
   void set_send_timeout(std::chrono::milliseconds t) override { inner_.set_send_timeout(t); }
   void shutdown_read() override { inner_.shutdown_read(); }
   void shutdown_both() override { inner_.shutdown_both(); }
-  void close_gracefully() override { (void)gnutls_bye(s_, GNUTLS_SHUT_WR); }
+  void close_gracefully() override {
+    std::lock_guard lk(mu_);
+    (void)gnutls_bye(s_, GNUTLS_SHUT_WR);
+  }
   bool encrypted() const override { return true; }
 
  private:
@@ -122,7 +150,10 @@ class TlsChannel final : public Channel {
     gather_.clear();
     return r;
   }
+  // Holds mu_ while the record goes out (bounded by the socket's send timeout): a reader
+  // waits for it only to decrypt what has arrived.
   Result<void> send(std::span<const std::byte> b) {
+    std::lock_guard lk(mu_);
     while (!b.empty()) {
       ssize_t n = gnutls_record_send(s_, b.data(), b.size());
       if (n > 0) {
@@ -150,9 +181,15 @@ class TlsChannel final : public Channel {
   // handshake's), vec_push on the writing one: each keeps its own error slot.
   static ssize_t pull(gnutls_transport_ptr_t p, void* data, size_t len) {
     auto* self = static_cast<TlsChannel*>(p);
-    auto r =
-        self->inner_.read_some(std::span(static_cast<std::byte*>(data), len), self->read_deadline_);
+    // Under read_some: only what is there now (a past deadline polls without waiting).
+    const bool now_only = self->pull_nonblocking_;
+    auto r = self->inner_.read_some(std::span(static_cast<std::byte*>(data), len),
+                                    now_only ? Clock::now() : self->read_deadline_);
     if (r.ok()) return static_cast<ssize_t>(*r);
+    if (now_only && r.error().what == kTimedOut) {
+      gnutls_transport_set_errno(self->s_, EAGAIN);
+      return -1;
+    }
     if (is_peer_closed(r.error())) return 0;  // EOF: GnuTLS decides if it was premature
     self->pull_error_ = r.error();
     gnutls_transport_set_errno(self->s_, r.error().sys_errno == ETIMEDOUT ? ETIMEDOUT : EIO);
@@ -160,7 +197,7 @@ class TlsChannel final : public Channel {
   }
   static int pull_timeout(gnutls_transport_ptr_t p, unsigned int ms) {
     auto* self = static_cast<TlsChannel*>(p);
-    Clock::time_point deadline = self->read_deadline_;
+    Clock::time_point deadline = self->pull_nonblocking_ ? Clock::now() : self->read_deadline_;
     if (ms != GNUTLS_INDEFINITE_TIMEOUT) {
       deadline = std::min(deadline, Clock::now() + std::chrono::milliseconds(ms));
     }
@@ -190,11 +227,23 @@ class TlsChannel final : public Channel {
 
   Channel& inner_;
   gnutls_session_t s_;
+  std::mutex mu_;                  // one thread in GnuTLS at a time (see read_some)
+  bool pull_nonblocking_ = false;  // under mu_: pull returns EAGAIN rather than wait
   Clock::time_point read_deadline_ = kNoDeadline;  // reader only
   std::optional<Error> pull_error_;                // reader only
   std::optional<Error> push_error_;                // writer only
   std::vector<std::byte> gather_;                  // writer only
 };
+
+}  // namespace
+
+Result<void> tls_key_update(Channel& ch) {
+  auto* t = dynamic_cast<TlsChannel*>(&ch);
+  if (!t) return make_error(Errc::kInvalidArgument, "not a TLS channel");
+  return t->key_update();
+}
+
+namespace {
 
 bool is_hex(std::string_view s) {
   return !s.empty() && s.size() % 2 == 0 &&

@@ -11,8 +11,11 @@
 // --tls-certificates / --tls-psk). Client certificates are not requested.
 //
 // Thread-safety: TlsCredentials is immutable after loading and may be shared by every
-// connection. A TLS channel allows one reader and one writer at a time, like any Channel
-// (GnuTLS lets one thread send while another receives on the same session).
+// connection. A TLS channel allows one reader and one writer at a time, like any Channel;
+// inside, only one of them is in GnuTLS at a time (a TLS 1.3 KeyUpdate from the peer is
+// answered from the read call, which must not race a send). The reader waits for data
+// outside that lock; a writer holds it while its record goes out, so a client must read
+// replies while it sends (libnbd, qemu and the kernel do).
 
 #include <memory>
 #include <optional>
@@ -60,5 +63,10 @@ class TlsCredentials {
   explicit TlsCredentials(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// Updates this side's TLS 1.3 sending keys and asks the peer to update its own (RFC 8446
+// 4.6.3), e.g. for a long-lived session. kInvalidArgument when ch is not a TLS channel or
+// the session is not TLS 1.3. May be called by the writing thread while another reads.
+Result<void> tls_key_update(Channel& ch);
 
 }  // namespace tp::nbd

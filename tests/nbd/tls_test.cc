@@ -7,6 +7,9 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+
 #include "nbd/handshake.h"
 #include "nbd_test_util.h"
 #include "support/test_util.h"
@@ -163,6 +166,54 @@ TEST_F(TlsTest, TransmissionOverTlsCarriesLargeAndPipelinedRequests) {
   c->request(kCmdDisc, 0, 0);
   EXPECT_TRUE(c->closed_by_server());
   EXPECT_EQ(std::memcmp(disk->data.data() + 512, small.data(), 512), 0);
+}
+
+// TLS 1.3 key updates (RFC 8446 4.6.3) in the middle of pipelined traffic: GnuTLS answers a
+// peer's KeyUpdate from inside the read call, on the reading thread, while the writing
+// thread sends replies on the same session. Unserialised, the two threads race inside
+// GnuTLS (this test crashed the process before the channel took a lock). The client keeps
+// at most kWindow requests outstanding and reads replies while it sends, as libnbd and
+// qemu do (a TLS writer holds the session while a record goes out).
+TEST_F(TlsTest, KeyUpdatesDuringPipelinedTrafficKeepTheSessionWorking) {
+  auto c = greeted(require);
+  ASSERT_EQ(c->start_tls(*client), kRepAck);
+  c->go("vol", false);  // simple replies: READ data follows the header
+  auto data = pattern(64 << 10, 11);
+  ASSERT_EQ(c->command(kCmdWrite, 0, 64 << 10, kCmdFlagFua, data), 0u);
+  ASSERT_TRUE(tls_key_update(c->ch()).ok()) << "not TLS 1.3?";
+  // GnuTLS ends a session whose peer asks for more than 8 key updates a second.
+  constexpr int kReads = 1500, kEvery = 250, kWindow = 8;
+  std::atomic<int> updates{0}, answered{0};
+  std::atomic<bool> send_failed{false}, stop{false};
+  std::thread sender([&] {
+    try {
+      for (int i = 0; i < kReads && !stop; i++) {
+        while (i - answered.load() >= kWindow && !stop) std::this_thread::yield();
+        c->request(kCmdRead, 0, 64 << 10, 0, 1000 + i);
+        if (i % kEvery == 0 && tls_key_update(c->ch()).ok()) updates++;
+      }
+    } catch (const std::exception&) {
+      send_failed = true;
+    }
+  });
+  try {
+    for (int i = 0; i < kReads; i++) {
+      auto r = c->reply(20000);
+      if (!r || r->h.error != 0) break;
+      if (c->read_n(64 << 10) != data) break;
+      answered++;
+    }
+  } catch (const std::exception&) {
+  }
+  stop = true;
+  if (answered < kReads) c->close_now();  // unblocks the sender
+  sender.join();
+  EXPECT_FALSE(send_failed);
+  EXPECT_EQ(answered.load(), kReads) << "replies read intact before the session broke";
+  EXPECT_EQ(updates.load(), kReads / kEvery);
+  if (answered == kReads) {
+    EXPECT_EQ(c->command(kCmdFlush, 0, 0), 0u);
+  }
 }
 
 TEST_F(TlsTest, OptionalTlsServesClearAndTlsClients) {
