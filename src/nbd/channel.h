@@ -24,8 +24,10 @@ inline constexpr Clock::time_point kNoDeadline = Clock::time_point::max();
 
 // Error::what of a read that found the peer gone (EOF or reset) on a message boundary or in
 // the middle of one: a client hanging up is logged at debug level, not as an error.
-inline constexpr const char* kPeerClosed = "connection closed by peer";
-inline constexpr const char* kTimedOut = "timed out waiting for the client";
+// Compared by address: arrays, one object in the whole program (a pointer constant would
+// point at a copy of the literal that may differ per translation unit, as under clang -O0).
+inline constexpr char kPeerClosed[] = "connection closed by peer";
+inline constexpr char kTimedOut[] = "timed out waiting for the client";
 bool is_peer_closed(const Error& e);
 // An error of this layer for a log line. Error::to_string() would print Error::where as
 // "(block N)"; here it is never a block: for channel reads it is the bytes of the message

@@ -252,7 +252,7 @@ class Pool {
   Result<void> abort_locked(const Error& e);
   // What allocation returns when only blocks freed in this transaction are left, and what
   // prepare_write_locked returns for a block in unshared_: a commit lets the write go on.
-  static constexpr const char* kWaitCommit = "free blocks wait for a commit";
+  static constexpr char kWaitCommit[] = "free blocks wait for a commit";
   static bool is_wait_commit(const Result<void>& r) {
     return !r.ok() && r.error().code == Errc::kBusy && r.error().what == kWaitCommit;
   }
