@@ -4,16 +4,7 @@
 # one is intact byte for byte), thin_check passes, `check` passes, a second repair has
 # nothing to do, and a repair is refused while `thinpool serve` runs.
 . "$(dirname "$0")/lib/common.sh" "$@"
-
-SRV_PID=
-cleanup() {
-  if [ -n "$SRV_PID" ]; then
-    kill -TERM "$SRV_PID" 2>/dev/null || true
-    wait "$SRV_PID" 2>/dev/null || true
-  fi
-  rm -rf "$T"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/lib/nbd.sh"
 
 tp init --size 64M >/dev/null
 tp create a --size 8M >/dev/null
@@ -57,8 +48,8 @@ tp check >"$T/check.out" 2>"$T/check.err" || rc=$?
 [ "$rc" -eq 3 ] || fail "check of damaged metadata exited $rc, want 3: $(cat "$T/check.err")"
 grep -q "check --repair" "$T/check.err" || fail "check does not point at --repair: $(cat "$T/check.err")"
 
-# Refused while the daemon serves the pool.
-timeout -s TERM 120 "$TP" -p "$P" serve --socket "$T/nbd.sock" 2>"$T/server.log" &
+# Refused while the daemon serves the pool (not start_server: serve may refuse this pool).
+timeout -s TERM 120 "$TP" -p "$P" serve --socket "$S" 2>"$T/server.log" &
 SRV_PID=$!
 for _ in $(seq 100); do
   grep '^serving ' "$T/server.log" >/dev/null && break
@@ -96,4 +87,4 @@ tp --json check --repair --force | json 'j["repaired"] and j["ok"] and j["mappin
   fail "forced repair of a clean pool"
 tp read a "$T/a.out2" >/dev/null
 cmp "$T/a.img" "$T/a.out2" || fail "volume a changed by the forced repair"
-echo "$NAME: ok: leaf damage fails check (3), repair keeps a, drops b, thin_check and check pass"
+ok "leaf damage fails check (3), repair keeps a, drops b, thin_check and check pass"

@@ -9,74 +9,14 @@
 # Usage: nbd_clients.sh PATH/TO/thinpool
 #   THINPOOL_SERVE_CMD="prog args": run "prog args -p POOL serve --socket S" instead of
 #   "thinpool -p POOL serve --socket S".
-set -euo pipefail
-
-TP=$(realpath "${1:?usage: $0 PATH/TO/thinpool}")
-# grep -q would stop reading early and, under pipefail, fail the writer with SIGPIPE.
-grep_q() { grep "$@" >/dev/null; }
-if [ -n "${THINPOOL_SERVE_CMD:-}" ]; then
-  read -r -a SERVE <<<"$THINPOOL_SERVE_CMD"
-else
-  if ! "$TP" serve --help 2>&1 | grep_q -- '--socket'; then
-    echo "nbd_clients: SKIP: $TP has no 'serve' subcommand (set THINPOOL_SERVE_CMD)"
-    exit 0
-  fi
-  SERVE=("$TP")
-fi
-
-T=$(mktemp -d)
-SRV_PID=
-cleanup() {
-  if [ -n "$SRV_PID" ]; then
-    kill -TERM "$SRV_PID" 2>/dev/null || true
-    wait "$SRV_PID" 2>/dev/null || true
-  fi
-  rm -rf "$T"
-}
-trap cleanup EXIT
-unset THINPOOL_POOL
-P=$T/pool
-S=$T/nbd.sock
-MiB=1048576
+. "$(dirname "$0")/lib/common.sh" "$@"
+. "$(dirname "$0")/lib/nbd.sh"
 K64=65536
-tp() { "$TP" -p "$P" "$@"; }
-fail() {
-  echo "nbd_clients: FAIL: $*" >&2
-  if [ -s "$T/server.log" ]; then sed 's/^/  server: /' "$T/server.log" >&2; fi
-  exit 1
-}
-ok() { echo "nbd_clients: ok: $*"; }
-skip() { echo "nbd_clients: SKIP: $*"; }
+# A client that is not installed skips its own part only.
+skip() { echo "$NAME: SKIP: $*"; }
 have() { command -v "$1" >/dev/null 2>&1; }
-uri() { echo "nbd+unix:///$1?socket=$S"; }
 # Every client runs under a time limit: a server bug fails the test instead of hanging it.
 run() { timeout 120 "$@"; }
-
-start_server() {
-  : >"$T/server.log"
-  timeout -s TERM 600 "${SERVE[@]}" -p "$P" serve --socket "$S" "$@" 2>"$T/server.log" &
-  SRV_PID=$!
-  for _ in $(seq 100); do
-    grep -q '^serving ' "$T/server.log" && return 0
-    kill -0 "$SRV_PID" 2>/dev/null || fail "server exited at start"
-    sleep 0.1
-  done
-  fail "server not ready after 10 s"
-}
-stop_server() {
-  kill -TERM "$SRV_PID"
-  local rc=0
-  wait "$SRV_PID" || rc=$?
-  SRV_PID=
-  [ "$rc" -eq 0 ] || fail "server exited with $rc after SIGTERM"
-  [ ! -e "$S" ] || fail "socket $S left behind"
-}
-
-# A python3 with libnbd's bindings (what nbdsh runs); pyenv shims may hide the system one.
-PY=
-for p in python3 /usr/bin/python3; do
-  if "$p" -c 'import nbd' 2>/dev/null; then PY=$p; break; fi
-done
 
 tp init --size 256M >/dev/null
 tp create vol --size 64M >/dev/null
@@ -174,7 +114,6 @@ tp check >/dev/null || fail "pool check after the first serve: $(tp check 2>&1)"
 tp snapshot vol snap >/dev/null
 # This time on TCP too (port 0: the server picks one and prints it in the ready line).
 start_server --listen 127.0.0.1:0
-PORT=$(sed -n 's/^serving .* and 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$T/server.log")
 [ -n "$PORT" ] || fail "no TCP port in the ready line: $(head -1 "$T/server.log")"
 if have nbdinfo; then
   run nbdinfo --size "nbd://127.0.0.1:$PORT/snap" | grep_q -x $((64 * MiB)) || fail "TCP export"

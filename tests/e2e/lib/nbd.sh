@@ -50,12 +50,22 @@ for p in python3 /usr/bin/python3; do
   fi
 done
 
+# The server command: thinpool, or THINPOOL_SERVE_CMD="prog args" (run as "prog args -p POOL
+# serve --socket S ...": another build, or a wrapper).
+if [ -n "${THINPOOL_SERVE_CMD:-}" ]; then
+  read -r -a SERVE <<<"$THINPOOL_SERVE_CMD"
+else
+  SERVE=("$TP")
+fi
+
 # start_server [ARGS...]: thinpool serve on $S, waits for its ready line (10 s at most);
-# PORT is the TCP port when ARGS ask for a listener.
+# PORT is the TCP port when ARGS ask for a listener. The server is killed after
+# SERVE_TIMEOUT seconds (900) whatever happens.
 PORT=
+SERVE_TIMEOUT=900
 start_server() {
   : >"$T/server.log"
-  timeout -s KILL 900 "$TP" -p "$P" serve --socket "$S" "$@" 2>>"$T/server.log" &
+  timeout -s KILL "$SERVE_TIMEOUT" "${SERVE[@]}" -p "$P" serve --socket "$S" "$@" 2>>"$T/server.log" &
   SRV_PID=$!
   for _ in $(seq 100); do
     if grep_q '^serving ' "$T/server.log"; then
