@@ -3,7 +3,10 @@
 // pool its own shell (the pool owns the shell) and keep the device: a FaultyDevice to
 // inspect, a recorder, or a wrapper that changes one call (derive and override it).
 
+#include <memory>
+
 #include "io/block_device.h"
+#include "io/faulty_device.h"
 
 namespace tp::testing {
 
@@ -23,6 +26,21 @@ class ForwardingDevice : public io::BlockDevice {
 
  private:
   io::BlockDevice& d_;
+};
+
+// A FaultyDevice over the device a pool opens, for Pool::open's device wrappers:
+//   FaultyShell f;  auto p = Pool::open(dir, f.wrap());  f.dev->fail_nth_write(1);
+// Declare it before the pool (it must outlive it); each wrap() call replaces dev.
+struct FaultyShell {
+  std::unique_ptr<io::BlockDevice> inner;
+  std::unique_ptr<io::FaultyDevice> dev;
+  auto wrap() {
+    return [this](std::unique_ptr<io::BlockDevice> d) -> std::unique_ptr<io::BlockDevice> {
+      inner = std::move(d);
+      dev = std::make_unique<io::FaultyDevice>(*inner);
+      return std::make_unique<ForwardingDevice>(*dev);
+    };
+  }
 };
 
 }  // namespace tp::testing

@@ -29,8 +29,6 @@ std::string image(uint32_t seed) {
   return s;
 }
 
-using Borrowed = testing::ForwardingDevice;
-
 std::string content(Pool& p, const std::string& n) {
   uint64_t dev = *p.dev_id(n);
   std::string s(*p.size_of(dev), '\0');
@@ -101,22 +99,14 @@ TEST_P(CrashDuringOp, WhollyOldOrWhollyNew) {
   std::string dir = tmp_.file("pool");
   // Count the metadata writes the operation issues.
   restore(dir);
-  std::unique_ptr<io::FaultyDevice> counter;
-  std::unique_ptr<io::BlockDevice> inner;
-  auto wrap_with = [&](std::unique_ptr<io::FaultyDevice>* f) {
-    return [&, f](std::unique_ptr<io::BlockDevice> d) -> std::unique_ptr<io::BlockDevice> {
-      inner = std::move(d);
-      *f = std::make_unique<io::FaultyDevice>(*inner);
-      return std::make_unique<Borrowed>(**f);
-    };
-  };
   uint64_t total;
   {
-    auto p = Pool::open(dir, wrap_with(&counter));
+    testing::FaultyShell counter;
+    auto p = Pool::open(dir, counter.wrap());
     ASSERT_TRUE(p.ok()) << p.error().to_string();
-    uint64_t before = counter->writes();
+    uint64_t before = counter.dev->writes();
     ASSERT_TRUE(run(**p).ok());
-    total = counter->writes() - before;
+    total = counter.dev->writes() - before;
     ASSERT_TRUE((*p)->close().ok());
     EXPECT_EQ(content(*std::move(*Pool::open(dir)), "base"), v2_);
   }
@@ -125,17 +115,18 @@ TEST_P(CrashDuringOp, WhollyOldOrWhollyNew) {
   int points = 0, old_seen = 0, new_seen = 0;
   for (uint64_t n = 1; n <= total; n += stride) {
     restore(dir);
-    std::unique_ptr<io::FaultyDevice> f;
+    testing::FaultyShell shell;
     {
-      auto p = Pool::open(dir, wrap_with(&f));
+      auto p = Pool::open(dir, shell.wrap());
       ASSERT_TRUE(p.ok());
+      io::FaultyDevice* f = shell.dev.get();
       f->cut_power_after(n, (n % 2) ? 0 : static_cast<uint32_t>(n % 8));
       (void)run(**p);
       f->power_cut(static_cast<io::CrashMode>(n % 3), n);
       // The process dies here: no close, no commit.
     }
-    f.reset();
-    inner.reset();
+    shell.dev.reset();  // before the device it wraps
+    shell.inner.reset();
     auto p = Pool::open(dir);
     ASSERT_TRUE(p.ok()) << "crash point " << n << ": " << p.error().to_string();
     std::string got = content(**p, "base");

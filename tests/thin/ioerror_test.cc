@@ -260,15 +260,11 @@ TEST(IoErrors, FailedWholeBlockWriteKeepsOldContent) {
       testing::TempDir run;
       std::string rdir = run.file("pool");
       fs::copy(dir, rdir, fs::copy_options::recursive);
-      std::unique_ptr<io::BlockDevice> inner;
-      std::unique_ptr<io::FaultyDevice> f;
+      testing::FaultyShell fd;
       {
-        auto p = Pool::open(rdir, nullptr, [&](std::unique_ptr<io::BlockDevice> d) {
-          inner = std::move(d);
-          f = std::make_unique<io::FaultyDevice>(*inner);
-          return std::make_unique<Borrowed>(*f);
-        });
+        auto p = Pool::open(rdir, nullptr, fd.wrap());
         ASSERT_TRUE(p.ok()) << p.error().to_string();
+        io::FaultyDevice* f = fd.dev.get();
         // Freed blocks still hold their bytes when their discard failed.
         if (!keep_discards) f->set_fail_all(false, true);
         f->fail_nth_write(1);
@@ -332,14 +328,10 @@ TEST(IoErrors, FailedCopyKeepsTheSpaceItWasDrawnFrom) {
       ASSERT_EQ(p->info().unreserved_blocks, 0u);
       ASSERT_TRUE(p->close().ok());
     }
-    std::unique_ptr<io::BlockDevice> inner;
-    std::unique_ptr<io::FaultyDevice> fd;
-    auto pr = Pool::open(dir, nullptr, [&](std::unique_ptr<io::BlockDevice> d) {
-      inner = std::move(d);
-      fd = std::make_unique<io::FaultyDevice>(*inner);
-      return std::make_unique<Borrowed>(*fd);
-    });
+    testing::FaultyShell faulty;
+    auto pr = Pool::open(dir, nullptr, faulty.wrap());
     ASSERT_TRUE(pr.ok()) << pr.error().to_string();
+    io::FaultyDevice* fd = faulty.dev.get();
     Pool& p = **pr;
     uint64_t d = *p.dev_id(vol);
     std::vector<std::byte> sector(kSector, std::byte{9});
