@@ -3,10 +3,11 @@
 // lineage, guarantees, reservations, pool settings). It lives in the pool directory's
 // `catalog` file beside `metadata` and is tied to it by the metadata transaction id.
 //
-// Durability protocol (the two generations): the catalog for transaction N+1 is appended
-// and synced BEFORE the metadata superblock for N+1 is written. Opening picks the newest
-// record whose trans_id equals the superblock's; the previous generation is always still
-// there, so a crash between the two writes resolves to a consistent pair either way.
+// Durability protocol (the two generations): a catalog that changed in transaction N+1 is
+// appended and synced BEFORE the metadata superblock for N+1 is written; a transaction that
+// did not change it writes nothing. Opening picks the newest record whose trans_id is <= the
+// superblock's; the previous generation is always still there, so a crash between the two
+// writes resolves to a consistent pair either way.
 //
 // File format (all integers little-endian): a sequence of records, each
 //   0  8 bytes magic "TPCATLG2"   8  le64 trans_id   16 le64 sequence (strictly increasing)
@@ -117,15 +118,20 @@ class CatalogFile {
   // transaction trans_id.
   static Result<CatalogFile> create(const std::string& path, const Catalog& initial,
                                     uint64_t trans_id);
-  // Opens the file and loads the newest valid record whose trans_id == trans_id.
-  // kCorruption when no record matches, when the file is of the old layout (see above), or
+  // Opens the file and loads the newest valid record whose trans_id <= trans_id.
+  // kCorruption when no record qualifies, when the file is of the old layout (see above), or
   // when the matching record's JSON is bad (the
   // error's `what` is a literal: the caller adds the path to its message). The file itself
   // failing to open/read: kIo with sys_errno (ENOENT when missing).
   static Result<CatalogFile> open(const std::string& path, uint64_t trans_id);
 
   const Catalog& current() const { return current_; }
+  // The transaction id of the record current() came from.
   uint64_t trans_id() const { return trans_id_; }
+  // open() found records for transactions after the one asked for (left by a commit that did
+  // not complete): the next write must happen even if the catalog did not change, so that a
+  // later open never picks one of them.
+  bool has_newer() const { return newer_; }
 
   // Appends and fsyncs a record of `c` for trans_id (compacting when due). Call before the
   // metadata commit of that transaction. kInvalidArgument (nothing written) when
@@ -155,6 +161,7 @@ class CatalogFile {
   uint64_t sequence_ = 0;
   uint64_t end_ = 0;          // file offset after the last valid record
   uint64_t last_record_ = 0;  // size of the last record
+  bool newer_ = false;
 };
 
 }  // namespace tp::catalog

@@ -301,11 +301,18 @@ Result<CatalogFile> CatalogFile::open(const std::string& path, uint64_t trans_id
   TP_ASSIGN_OR_RETURN(std::string bytes, read_file(path));
   Scan s = scan(bytes);
   if (s.old_format) return make_error(Errc::kCorruption, kOldFormatError);
-  // The last one wins: a generation written for a transaction whose commit then failed is
-  // followed by the retry's record with the same trans_id.
+  // A generation is written only when the catalog changed, so transaction N uses the newest
+  // record (in file order) whose trans_id is <= N. Records for later transactions belong to
+  // commits that failed or were cut off before their superblock: ignored (newer_ tells the
+  // pool to write the catalog at its next commit, so they can never be picked later).
   const Record* pick = nullptr;
+  bool newer = false;
   for (const Record& r : s.valid) {
-    if (r.trans_id == trans_id) pick = &r;
+    if (r.trans_id <= trans_id) {
+      pick = &r;
+    } else {
+      newer = true;
+    }
   }
   if (pick == nullptr) {
     return make_error(Errc::kCorruption, "catalog has no generation for the metadata transaction");
@@ -314,7 +321,8 @@ Result<CatalogFile> CatalogFile::open(const std::string& path, uint64_t trans_id
   CatalogFile f;
   f.path_ = path;
   f.current_ = std::move(c);
-  f.trans_id_ = trans_id;
+  f.trans_id_ = pick->trans_id;
+  f.newer_ = newer;
   f.sequence_ = s.valid.back().sequence;
   f.end_ = s.end;
   f.last_record_ = s.valid.back().length;
@@ -356,6 +364,7 @@ Result<void> CatalogFile::write(const Catalog& c, uint64_t trans_id) {
   }
   current_ = c;
   trans_id_ = trans_id;
+  newer_ = false;
   return ok_result();
 }
 

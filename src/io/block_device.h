@@ -54,6 +54,19 @@ class BlockDevice {
 
   // Bytes of backing store in use (st_blocks * 512 for a file), for space reporting.
   virtual uint64_t allocated_bytes() const = 0;
+
+  // Holes (ranges that read as zeros without backing store; a file's SEEK_DATA/SEEK_HOLE).
+  // next_data: the first offset in [off, end) that may hold data, or end when the whole
+  // range is a hole. next_hole: the first offset in [off, end) where a hole starts, or end.
+  // A device that cannot tell reports no holes (the defaults). REQUIRES: off <= end <= size().
+  virtual Result<uint64_t> next_data(uint64_t off, uint64_t end) {
+    (void)end;
+    return off;
+  }
+  virtual Result<uint64_t> next_hole(uint64_t off, uint64_t end) {
+    (void)off;
+    return end;
+  }
 };
 
 // A regular file (or a block device node) opened with O_RDWR.

@@ -43,6 +43,13 @@ class FaultyDevice final : public BlockDevice {
   Result<void> copy(uint64_t src, uint64_t dst, uint64_t len) override;
   Result<void> resize(uint64_t new_size) override;
   uint64_t allocated_bytes() const override;
+  // What the inner device holds now (unflushed writes included).
+  Result<uint64_t> next_data(uint64_t off, uint64_t end) override {
+    return inner_.next_data(off, end);
+  }
+  Result<uint64_t> next_hole(uint64_t off, uint64_t end) override {
+    return inner_.next_hole(off, end);
+  }
 
   // The n-th read / write from now (1-based) fails with Errc::kIo, once. 0 disarms.
   void fail_nth_read(uint64_t n);

@@ -136,6 +136,9 @@ class FileDevice final : public BlockDevice {
     return ok_result();
   }
 
+  Result<uint64_t> next_data(uint64_t off, uint64_t end) override { return seek(off, end, SEEK_DATA); }
+  Result<uint64_t> next_hole(uint64_t off, uint64_t end) override { return seek(off, end, SEEK_HOLE); }
+
   uint64_t allocated_bytes() const override {
     // A device node has no st_blocks; all of it is backing store as far as we can tell.
     if (is_blk_) return size();
@@ -151,6 +154,19 @@ class FileDevice final : public BlockDevice {
       return make_error(Errc::kInvalidArgument, "range beyond end of device", off);
     }
     return ok_result();
+  }
+
+  Result<uint64_t> seek(uint64_t off, uint64_t end, int whence) const {
+    if (off >= end) return end;
+    // A device node has no holes we can see.
+    if (is_blk_) return whence == SEEK_DATA ? off : end;
+    off_t r = ::lseek(fd_, static_cast<off_t>(off), whence);
+    if (r < 0) {
+      if (errno == ENXIO) return end;  // nothing of that kind after off
+      if (errno == EINVAL || errno == EOPNOTSUPP) return whence == SEEK_DATA ? off : end;
+      return sys_error(whence == SEEK_DATA ? "lseek(SEEK_DATA)" : "lseek(SEEK_HOLE)", off);
+    }
+    return std::min<uint64_t>(static_cast<uint64_t>(r), end);
   }
 
   // Errnos meaning "the kernel will not do this for this file", as opposed to a failure.

@@ -1,5 +1,6 @@
 // BlockDevice in memory, stored sparsely in 4 KiB pages: a page that was never written (or was
 // discarded) is absent and reads as zeros, so allocated_bytes() behaves like a sparse file's.
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <mutex>
@@ -102,12 +103,30 @@ class MemDevice final : public BlockDevice {
     return pages_.size() * kPageSize;
   }
 
+  // A present page counts as data (even if it holds zeros), an absent one is a hole.
+  Result<uint64_t> next_data(uint64_t off, uint64_t end) override {
+    std::lock_guard lock(mu_);
+    return seek(off, end, true);
+  }
+  Result<uint64_t> next_hole(uint64_t off, uint64_t end) override {
+    std::lock_guard lock(mu_);
+    return seek(off, end, false);
+  }
+
  private:
   Result<void> check(uint64_t off, uint64_t len) const {
     if (len > size_ || off > size_ - len) {
       return make_error(Errc::kInvalidArgument, "mem device: range beyond end", off);
     }
     return ok_result();
+  }
+
+  // The first offset in [off, end) on a present (data) or absent (hole) page, or end.
+  uint64_t seek(uint64_t off, uint64_t end, bool data) const {
+    for (uint64_t idx = off / kPageSize; idx * kPageSize < end; idx++) {
+      if ((pages_.count(idx) != 0) == data) return std::max(off, idx * kPageSize);
+    }
+    return end;
   }
 
   // The page at index idx, allocated (zero-filled) if absent.

@@ -232,6 +232,64 @@ Result<void> BlockManager::flush_block(uint64_t b) {
   return {};
 }
 
+BlockManager::Pinned BlockManager::pin_dirty(uint64_t first, uint64_t last) {
+  std::lock_guard lk(mu_);
+  Pinned p;
+  for (auto& [nr, e] : cache_) {
+    if (!e->dirty || nr < first || nr > last) continue;
+    e->validator->prepare(Block(e->data), e->nr);
+    e->dirty = false;
+    if (e->in_lru) {
+      lru_.erase(e->lru);
+      e->in_lru = false;
+    }
+    e->readers++;
+    p.entries_.push_back(e.get());
+  }
+  std::sort(p.entries_.begin(), p.entries_.end(), [](auto* a, auto* b) { return a->nr < b->nr; });
+  return p;
+}
+
+Result<void> BlockManager::write_pinned(const Pinned& p) {
+  // Runs of consecutive blocks go out as one write through a staging buffer (the cache
+  // entries are not contiguous in memory).
+  constexpr size_t kMaxRun = 64;
+  thread_local std::vector<std::byte> staging;
+  size_t i = 0;
+  uint64_t writes = 0;
+  while (i < p.entries_.size()) {
+    size_t j = i + 1;
+    while (j < p.entries_.size() && j - i < kMaxRun &&
+           p.entries_[j]->nr == p.entries_[j - 1]->nr + 1) {
+      j++;
+    }
+    const uint64_t off = p.entries_[i]->nr * kBlockSize;
+    if (j - i == 1) {
+      TP_TRY(dev_.write(off, p.entries_[i]->data));
+    } else {
+      staging.resize((j - i) * kBlockSize);
+      for (size_t k = i; k < j; k++) {
+        std::memcpy(staging.data() + (k - i) * kBlockSize, p.entries_[k]->data.data(), kBlockSize);
+      }
+      TP_TRY(dev_.write(off, staging));
+    }
+    writes += j - i;
+    i = j;
+  }
+  std::lock_guard lk(mu_);
+  stats_.writes += writes;
+  return {};
+}
+
+void BlockManager::unpin(Pinned& p, bool written) {
+  if (!written) {
+    std::lock_guard lk(mu_);
+    for (detail::CacheEntry* e : p.entries_) e->dirty = true;
+  }
+  for (detail::CacheEntry* e : p.entries_) unpin(e, false);
+  p.entries_.clear();
+}
+
 void BlockManager::invalidate() {
   std::lock_guard lk(mu_);
   lru_.clear();

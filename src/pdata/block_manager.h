@@ -17,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 #include "io/block_device.h"
 #include "pdata/format.h"
@@ -122,6 +123,35 @@ class BlockManager {
 
   // Writes every dirty block except `except` (kNoAddr: all), sealing each. No sync.
   Result<void> flush_dirty(uint64_t except = kNoAddr);
+
+  // A commit that overlaps the next transaction (TransactionManager::begin_commit): the
+  // dirty blocks are sealed and pinned at the cut, so they keep their content (nothing may
+  // write-lock them: the next transaction shadows them) and stay in the cache (readers see
+  // them, eviction cannot drop them before they reach the device); write_pinned() writes
+  // them without any lock of the caller; unpin() lets them go.
+  class Pinned {
+   public:
+    Pinned() = default;
+    Pinned(Pinned&&) noexcept = default;
+    Pinned& operator=(Pinned&&) noexcept = default;
+    Pinned(const Pinned&) = delete;
+    Pinned& operator=(const Pinned&) = delete;
+    size_t size() const { return entries_.size(); }
+    bool empty() const { return entries_.empty(); }
+
+   private:
+    friend class BlockManager;
+    std::vector<detail::CacheEntry*> entries_;  // by block number
+  };
+  // Seals and pins every dirty block in [first, last] (block numbers) and marks it clean.
+  // REQUIRES: the caller excludes writers (the pool's metadata lock).
+  Pinned pin_dirty(uint64_t first = 0, uint64_t last = kNoAddr);
+  // Writes pinned blocks, consecutive ones in one device write. Thread-safe against
+  // readers and against other transactions' writers.
+  Result<void> write_pinned(const Pinned& p);
+  // Releases the pins (the blocks become evictable). written=false: the write failed, so
+  // they are dirty again (the cache must not drop the only copy of their content).
+  void unpin(Pinned& p, bool written);
   // Writes one block if dirty.
   Result<void> flush_block(uint64_t b);
   Result<void> sync() { return dev_.flush(); }

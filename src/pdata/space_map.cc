@@ -143,10 +143,10 @@ Result<SpaceMap::Chunk*> SpaceMap::chunk(uint64_t k) {
     }
   }
   c.flushed = c.counts;
-  c.committed.resize(n);
+  c.flags.assign(n, 0);
   c.nr_free = 0;
   for (uint32_t i = 0; i < n; i++) {
-    c.committed[i] = c.counts[i] != 0;
+    if (c.counts[i] != 0) c.flags[i] = kCommitted;
     c.nr_free += c.counts[i] == 0;
   }
   c.loaded = true;
@@ -159,19 +159,25 @@ void SpaceMap::change(Chunk& c, uint64_t /*k*/, uint32_t i, uint32_t new_count) 
     return;
   }
   if (old == 0) {
+    if (pending(c, i)) pending_free_--;
     nr_allocated_++;
     c.nr_free--;
   } else if (new_count == 0) {
     nr_allocated_--;
     c.nr_free++;
-    if (c.committed[i]) {
+    // A freed data block waits for release_freed(); any block still referenced by the last
+    // commit or by the one in flight waits for on_commit().
+    if (kind_ == Kind::kData) c.flags[i] |= kFreed;
+  }
+  c.counts[i] = new_count;
+  if (new_count == 0) {
+    if (pending(c, i)) {
       pending_free_++;
     } else {
-      // Never committed: reusable at once, so the allocator must look here again.
+      // Referenced by no durable state: reusable at once, so the allocator looks here again.
       c.scan_hint = std::min(c.scan_hint, i);
     }
   }
-  c.counts[i] = new_count;
   c.dirty = true;
   c.touched = true;
 }
@@ -215,6 +221,54 @@ Result<uint32_t> SpaceMap::dec(uint64_t b) {
 }
 
 Result<uint64_t> SpaceMap::new_block() {
+  TP_ASSIGN_OR_RETURN(uint64_t b, find_free());
+  Chunk& c = chunks_[b / kEntriesPerBitmap];
+  change(c, b / kEntriesPerBitmap, static_cast<uint32_t>(b % kEntriesPerBitmap), 1);
+  return b;
+}
+
+Result<uint64_t> SpaceMap::hold() {
+  TP_ASSIGN_OR_RETURN(uint64_t b, find_free());
+  chunks_[b / kEntriesPerBitmap].flags[b % kEntriesPerBitmap] |= kHeld;
+  nr_held_++;
+  return b;
+}
+
+Result<void> SpaceMap::commit_held(uint64_t b) {
+  if (b >= nr_blocks_) return make_error(Errc::kCorruption, "block beyond the space map", b);
+  uint64_t k = b / kEntriesPerBitmap;
+  uint32_t i = static_cast<uint32_t>(b % kEntriesPerBitmap);
+  TP_ASSIGN_OR_RETURN(Chunk * c, chunk(k));
+  if (!(c->flags[i] & kHeld) || c->counts[i] != 0) {
+    return make_error(Errc::kCorruption, "committing a block that is not held", b);
+  }
+  c->flags[i] &= static_cast<uint8_t>(~kHeld);
+  nr_held_--;
+  change(*c, k, i, 1);
+  return {};
+}
+
+void SpaceMap::release_held(uint64_t b) {
+  Chunk& c = chunks_[b / kEntriesPerBitmap];
+  uint32_t i = static_cast<uint32_t>(b % kEntriesPerBitmap);
+  if (!c.loaded || !(c.flags[i] & kHeld)) return;
+  c.flags[i] &= static_cast<uint8_t>(~kHeld);
+  nr_held_--;
+  c.scan_hint = std::min(c.scan_hint, i);
+}
+
+void SpaceMap::release_freed(uint64_t b) {
+  if (b >= nr_blocks_) return;
+  Chunk& c = chunks_[b / kEntriesPerBitmap];
+  uint32_t i = static_cast<uint32_t>(b % kEntriesPerBitmap);
+  if (!c.loaded || !(c.flags[i] & kFreed)) return;
+  bool was = pending(c, i);
+  c.flags[i] &= static_cast<uint8_t>(~kFreed);
+  if (was && !pending(c, i)) pending_free_--;
+  if (allocatable(c, i)) c.scan_hint = std::min(c.scan_hint, i);
+}
+
+Result<uint64_t> SpaceMap::find_free() {
   uint64_t n = chunks_.size();
   if (n == 0) {
     return make_error(Errc::kNoSpace, "space map is empty");
@@ -238,8 +292,7 @@ Result<uint64_t> SpaceMap::new_block() {
     }
     for (int pass = 0; pass < 2; pass++) {
       for (uint32_t i = from; i < entries; i++) {
-        if (c->counts[i] == 0 && !c->committed[i]) {
-          change(*c, k, i, 1);
+        if (allocatable(*c, i)) {
           if (from == c->scan_hint) {
             c->scan_hint = i + 1;
           }
@@ -276,7 +329,7 @@ Result<void> SpaceMap::extend(uint64_t nr_blocks) {
     uint32_t n = chunk_entries(old_chunks - 1);
     c->counts.resize(n, 0);
     c->flushed.resize(n, 0);
-    c->committed.resize(n, 0);
+    c->flags.resize(n, 0);
     c->nr_free += static_cast<uint32_t>(n - old_n);
     c->dirty = c->touched = true;
   }
@@ -290,7 +343,7 @@ Result<void> SpaceMap::extend(uint64_t nr_blocks) {
     c.loaded = true;
     c.counts.assign(n, 0);
     c.flushed.assign(n, 0);
-    c.committed.assign(n, 0);
+    c.flags.assign(n, 0);
     c.nr_free = n;
     c.dirty = c.touched = true;
   }
@@ -405,6 +458,11 @@ Result<void> SpaceMap::flush() {
       TP_TRY(write_index());
     }
     if (!any) {
+      // The cut: what changed before it is settled by the on_commit() of this commit.
+      for (Chunk& c : chunks_) {
+        c.cut_touched = c.cut_touched || c.touched;
+        c.touched = false;
+      }
       return {};
     }
   }
@@ -417,16 +475,23 @@ SmRoot SpaceMap::root() const {
 
 void SpaceMap::on_commit() {
   for (auto& c : chunks_) {
-    if (!c.touched) {
+    if (!c.cut_touched) {
       continue;
     }
-    c.touched = false;
-    for (size_t i = 0; i < c.counts.size(); i++) {
-      c.committed[i] = c.counts[i] != 0;
+    c.cut_touched = false;
+    for (uint32_t i = 0; i < c.counts.size(); i++) {
+      bool was = pending(c, i);
+      if (c.flushed[i] != 0) {
+        c.flags[i] |= kCommitted;
+      } else {
+        c.flags[i] &= static_cast<uint8_t>(~kCommitted);
+      }
+      bool now = pending(c, i);
+      if (was && !now) pending_free_--;
+      if (!was && now) pending_free_++;
     }
     c.scan_hint = 0;
   }
-  pending_free_ = 0;
 }
 
 }  // namespace tp::pdata

@@ -406,6 +406,18 @@ Result<uint64_t> ThinMetadata::alloc_data_block() {
   return b;
 }
 
+Result<uint64_t> ThinMetadata::hold_data_block() {
+  auto b = dsm_->hold();
+  if (!b.ok() && b.error().code != Errc::kNoSpace) broken_ = true;
+  return b;
+}
+
+Result<void> ThinMetadata::insert_held(uint64_t dev, uint64_t vblock, uint64_t data_block) {
+  TP_TRY(dev_state(dev));
+  TP_TRY(changed(dsm_->commit_held(data_block)));
+  return insert(dev, vblock, data_block);
+}
+
 Result<void> ThinMetadata::resize_data(uint64_t nr_data_blocks) {
   if (nr_data_blocks > kMaxDataBlock) {
     return make_error(Errc::kInvalidArgument, "too many data blocks for the format");
@@ -414,10 +426,18 @@ Result<void> ThinMetadata::resize_data(uint64_t nr_data_blocks) {
 }
 
 Result<void> ThinMetadata::commit() {
+  TP_ASSIGN_OR_RETURN(CommitTicket t, begin_commit());
+  Result<void> r = write_commit(t);
+  end_commit(t, r.ok());
+  if (r.ok()) release_freed(t);
+  return r;
+}
+
+Result<ThinMetadata::CommitTicket> ThinMetadata::begin_commit() {
   if (broken_) {
     return make_error(Errc::kReadOnly, "a metadata update failed half way: not committed");
   }
-  broken_ = true;  // until the superblock is written
+  broken_ = true;  // until the cut is complete
   TransactionManager& tm = *tm_;
   // Deleted devices leave both trees (their mappings were freed already).
   for (uint64_t dev : deleted_) {
@@ -449,10 +469,25 @@ Result<void> ThinMetadata::commit() {
   TP_TRY(msm_->flush());
   sb_.data_sm_root = dsm_->root();
   sb_.metadata_sm_root = msm_->root();
-  TP_TRY(tm.commit(sb_));
-  dsm_->on_commit();
+  CommitTicket t;
+  TP_ASSIGN_OR_RETURN(t.tm, tm.begin_commit(sb_));
+  t.freed = std::exchange(freed_, {});
+  t.trans_id = sb_.trans_id;
   broken_ = false;
-  return {};
+  return t;
+}
+
+void ThinMetadata::end_commit(CommitTicket& t, bool written) {
+  tm_->end_commit(t.tm, written);
+  if (!written) {
+    broken_ = true;
+    return;
+  }
+  dsm_->on_commit();
+}
+
+void ThinMetadata::release_freed(const CommitTicket& t) {
+  for (uint64_t b : t.freed) dsm_->release_freed(b);
 }
 
 }  // namespace tp::pdata

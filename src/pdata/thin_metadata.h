@@ -62,7 +62,7 @@ class ThinMetadata {
   Result<void> create_thin(uint64_t dev);
   // O(1): the snapshot shares the origin's tree; pool time advances.
   Result<void> create_snap(uint64_t dev, uint64_t origin);
-  // Frees what only this device used; freed data blocks are reported by take_freed().
+  // Frees what only this device used; freed data blocks go to the next commit's ticket.
   Result<void> delete_device(uint64_t dev);
   bool device_exists(uint64_t dev) const { return devices_.count(dev) != 0; }
   std::vector<uint64_t> devices() const;
@@ -99,17 +99,43 @@ class ThinMetadata {
 
   // --- data space ---
   Result<uint64_t> alloc_data_block();
+  // A data block held for a write in flight (SpaceMap::hold): not counted, not handed out.
+  Result<uint64_t> hold_data_block();
+  // Maps vblock to a held block (its count becomes 1), as insert() does.
+  Result<void> insert_held(uint64_t dev, uint64_t vblock, uint64_t data_block);
+  void release_held(uint64_t b) { dsm_->release_held(b); }
   Result<uint32_t> data_ref_count(uint64_t b) { return dsm_->get_count(b); }
   Result<void> inc_data_block(uint64_t b) { return changed(dsm_->inc(b)); }
   Result<void> dec_data_block(uint64_t b);
   Result<void> resize_data(uint64_t nr_data_blocks);
-  // Data blocks freed (count reached 0) since the last take_freed(); safe to discard only
-  // after the next commit.
-  std::vector<uint64_t> take_freed() { return std::exchange(freed_, {}); }
 
   // Commits the transaction (kernel order; superblock last). On error the metadata must
-  // be reopened: the in-core state no longer matches the disk.
+  // be reopened: the in-core state no longer matches the disk. Freed data blocks are
+  // reusable at once afterwards (the pool uses the split form below to punch them first).
   Result<void> commit();
+
+  // The same in three steps, so that the next transaction can be built while this one is
+  // written (TransactionManager::begin_commit):
+  //   begin_commit (caller holds the pool's lock): the cut. Everything changed so far is in
+  //     the ticket; changes after it belong to the next transaction.
+  //   write_commit (no lock needed): the device writes and syncs.
+  //   end_commit (caller holds the pool's lock): written=true: the cut state is durable;
+  //     data blocks freed before the cut (ticket.freed) stay unusable until
+  //     release_freed(ticket) - the pool punches them and waits for requests that may still
+  //     touch them first. written=false: the transaction is broken (reopen to recover).
+  // At most one commit in flight.
+  struct CommitTicket {
+    TransactionManager::Ticket tm;
+    std::vector<uint64_t> freed;  // data blocks freed before the cut
+    uint64_t trans_id = 0;
+  };
+  Result<CommitTicket> begin_commit();
+  Result<void> write_commit(const CommitTicket& t) { return tm_->write_commit(t.tm); }
+  // write_commit in two steps: the nodes (synced), then the superblock (synced).
+  Result<void> write_blocks(const CommitTicket& t) { return tm_->write_blocks(t.tm); }
+  Result<void> write_superblock(const CommitTicket& t) { return tm_->write_superblock(t.tm); }
+  void end_commit(CommitTicket& t, bool written);
+  void release_freed(const CommitTicket& t);
 
   // True once a change failed after it may have begun (an I/O error, corruption or no
   // metadata space met in the middle of a B-tree or space-map update, or a failed commit):

@@ -37,17 +37,45 @@ Result<std::pair<WriteRef, bool>> TransactionManager::shadow(uint64_t b, const V
 }
 
 Result<void> TransactionManager::commit(const Superblock& sb) {
-  TP_TRY(bm_.flush_dirty(kSuperblockLocation));
-  TP_TRY(bm_.sync());
+  TP_ASSIGN_OR_RETURN(Ticket t, begin_commit(sb));
+  Result<void> r = write_commit(t);
+  end_commit(t, r.ok());
+  return r;
+}
+
+Result<TransactionManager::Ticket> TransactionManager::begin_commit(const Superblock& sb) {
   {
     TP_ASSIGN_OR_RETURN(WriteRef w, bm_.write_lock_zero(kSuperblockLocation, kSuperblockValidator));
     encode_superblock(sb, w.data());
   }
-  TP_TRY(bm_.flush_block(kSuperblockLocation));
-  TP_TRY(bm_.sync());
+  Ticket t;
+  t.superblock = bm_.pin_dirty(kSuperblockLocation, kSuperblockLocation);
+  t.blocks = bm_.pin_dirty(kSuperblockLocation + 1);
+  // From here on every block of this transaction is committed state for the next one.
   new_blocks_.clear();
-  msm_.on_commit();
-  return {};
+  return t;
+}
+
+Result<void> TransactionManager::write_commit(const Ticket& t) {
+  TP_TRY(write_blocks(t));
+  return write_superblock(t);
+}
+
+Result<void> TransactionManager::write_blocks(const Ticket& t) {
+  if (t.blocks.empty()) return {};
+  TP_TRY(bm_.write_pinned(t.blocks));
+  return bm_.sync();
+}
+
+Result<void> TransactionManager::write_superblock(const Ticket& t) {
+  TP_TRY(bm_.write_pinned(t.superblock));
+  return bm_.sync();
+}
+
+void TransactionManager::end_commit(Ticket& t, bool written) {
+  bm_.unpin(t.blocks, written);
+  bm_.unpin(t.superblock, written);
+  if (written) msm_.on_commit();
 }
 
 void TransactionManager::abort() {

@@ -51,6 +51,25 @@ class TransactionManager {
   // REQUIRES: every space map was flushed after its last change.
   Result<void> commit(const Superblock& sb);
 
+  // Phase two, split so that the next transaction can be built while this one is written:
+  //   begin_commit (under the metadata lock): the dirty blocks and the superblock are sealed
+  //     and pinned; the next transaction starts (every block of this one is shadowed before
+  //     it changes, and the space maps hand out nothing this one references);
+  //   write_commit (no lock): dirty blocks, sync, superblock, sync (write_blocks and
+  //     write_superblock: the same in two steps, for a caller with work in between);
+  //   end_commit (under the metadata lock): unpins; when the write succeeded, the metadata
+  //     space map learns that the cut state is durable.
+  // At most one commit in flight. REQUIRES for begin_commit: as commit().
+  struct Ticket {
+    BlockManager::Pinned blocks;
+    BlockManager::Pinned superblock;
+  };
+  Result<Ticket> begin_commit(const Superblock& sb);
+  Result<void> write_commit(const Ticket& t);
+  Result<void> write_blocks(const Ticket& t);
+  Result<void> write_superblock(const Ticket& t);
+  void end_commit(Ticket& t, bool written);
+
   // Forgets the current transaction's blocks (after a failed commit or an abort).
   void abort();
 

@@ -88,11 +88,6 @@ const char* pool_state_name(PoolState s) {
   return "?";
 }
 
-Pool::~Pool() {
-  // No commit here (STYLE.md): close() commits. Closing the fd releases the lock.
-  if (lock_fd_ >= 0) ::close(lock_fd_);
-}
-
 Result<std::unique_ptr<Pool>> Pool::create(const std::string& dir, const PoolOptions& opts) {
   uint32_t bb = opts.block_bytes;
   if (bb < kMinBlockBytes || bb > kMaxBlockBytes || bb % kMinBlockBytes != 0) {
@@ -132,6 +127,7 @@ Result<std::unique_ptr<Pool>> Pool::create(const std::string& dir, const PoolOpt
       catalog::CatalogFile cf,
       catalog::CatalogFile::create(path_in(dir, kCatalogFile), p->cat_, p->md_->trans_id()));
   p->catfile_ = std::make_unique<catalog::CatalogFile>(std::move(cf));
+  p->start();
   return p;
 }
 
@@ -184,82 +180,10 @@ Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const OpenOptio
     }
   }
   p->low_ = true;  // a pool opened below the mark reports no new crossing
+  p->force_catalog_ = p->catfile_->has_newer();
   TP_TRY(p->recompute_all_g_locked());
+  p->start();
   return p;
-}
-
-Result<void> Pool::close() {
-  std::unique_lock lk(mu_);
-  if (!failed_locked()) {
-    io_done_.wait(lk, [&] { return inflight_ == 0; });
-    TP_TRY(commit_locked());
-  }
-  if (lock_fd_ >= 0) {
-    ::close(lock_fd_);
-    lock_fd_ = -1;
-  }
-  return {};
-}
-
-void Pool::end_io() {
-  std::lock_guard lk(mu_);
-  if (--inflight_ == 0) io_done_.notify_all();
-}
-
-Result<void> Pool::commit_locked() {
-  if (failed_locked()) {
-    note_state_locked();
-    return make_error(Errc::kReadOnly, "pool is read-only after a failed update; reopen it");
-  }
-  // Data first: every write acknowledged before this flush must be durable before the
-  // metadata that maps it.
-  if (auto r = data_->flush(); !r.ok()) {
-    failed_ = true;
-    note_state_locked();
-    return r;
-  }
-  if (!dirty_ && md_->data_sm().nr_pending_free() == 0) {
-    unshared_.clear();
-    return {};
-  }
-  uint64_t next = md_->trans_id() + 1;
-  // The catalog generation goes first (two generations: see catalog.h), then the
-  // metadata transaction with the superblock last.
-  if (auto r = catfile_->write(cat_, next); !r.ok()) {
-    failed_ = true;
-    note_state_locked();
-    return r;
-  }
-  md_->set_trans_id(next);
-  if (auto r = md_->commit(); !r.ok()) {
-    failed_ = true;
-    note_state_locked();
-    return r;
-  }
-  dirty_ = false;
-  unshared_.clear();
-  // Blocks freed in the transaction are free in the committed state only now: give their
-  // space back to the host filesystem. A failure here loses nothing (a new block is always
-  // punched or fully overwritten before it is mapped, and given its old content back if
-  // that overwrite fails).
-  for (uint64_t b : md_->take_freed()) {
-    (void)data_->discard(b * block_bytes_, block_bytes_);
-  }
-  return {};
-}
-
-Result<void> Pool::abort_locked(const Error& e) {
-  // The in-core state is half changed: refuse further changes until the pool is reopened
-  // (which returns it to the last commit).
-  failed_ = true;
-  note_state_locked();
-  return e;
-}
-
-Result<void> Pool::flush() {
-  std::unique_lock lk(mu_);
-  io_done_.wait(lk, [&] { return inflight_ == 0; });
-  return commit_locked();
 }
 
 uint64_t Pool::metadata_writes() {
@@ -395,8 +319,11 @@ Result<void> Pool::create_volume(const std::string& name, uint64_t size_bytes, b
     return make_error(Errc::kInvalidArgument, "invalid volume name");
   }
   TP_TRY(validate_size(size_bytes));
-  std::lock_guard lk(mu_);
+  std::unique_lock lk(mu_);
   TP_TRY(live_locked());
+  // Blocks freed by earlier changes are allocatable only after a commit: settle them first,
+  // so the space counted below is space the allocator can hand out.
+  if (provision) TP_TRY(idle_settled_locked(lk));
   if (cat_.find(name)) return make_error(Errc::kExists, "volume already exists");
   uint64_t dev = cat_.next_dev_id;
   if (dev > pdata::kMaxDevId) return make_error(Errc::kNoSpace, "no thin device ids left");
@@ -420,7 +347,7 @@ Result<void> Pool::create_volume(const std::string& name, uint64_t size_bytes, b
       return abort_locked(r.error());
     }
   }
-  return commit_locked();
+  return commit_after(lk);
 }
 
 Result<void> Pool::snapshot(const std::string& origin, const std::string& name, bool writable,
@@ -444,7 +371,8 @@ Result<void> Pool::snapshot(const std::string& origin, const std::string& name, 
                       "not enough unreserved space for the snapshot's guarantees and reservation");
   }
   // In-flight writes to the origin must land before the tree is shared.
-  io_done_.wait(lk, [&] { return inflight_ == 0; });
+  wait_idle_locked(lk);
+  TP_ASSIGN_OR_RETURN(o, record_locked(origin));  // (again after the wait)
   TP_TRY(md_->create_snap(dev, o->dev_id));
   set_g_locked(o->dev_id, o_guaranteed);
   cat_.next_dev_id++;
@@ -459,7 +387,7 @@ Result<void> Pool::snapshot(const std::string& origin, const std::string& name, 
   rec.reserve_blocks = reserve_blocks;
   reserved_ += reserve_blocks;
   cat_.volumes[name] = rec;
-  return commit_change_locked();
+  return commit_change(lk);
 }
 
 Result<void> Pool::remove_locked(const std::string& name) {
@@ -490,13 +418,14 @@ Result<void> Pool::remove(const std::string& name, bool recursive) {
   if (order.size() > 1 && !recursive) {
     return make_error(Errc::kBusy, "volume has snapshots (remove them or use --recursive)");
   }
-  io_done_.wait(lk, [&] { return inflight_ == 0; });
+  wait_idle_locked(lk);
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    if (!cat_.find(*it)) continue;  // (removed while we waited)
     if (auto r = remove_locked(*it); !r.ok()) return abort_locked(r.error());
   }
   // Blocks the removed volumes shared may now be exclusive to a guaranteed volume.
   if (auto r = recompute_all_g_locked(); !r.ok()) return abort_locked(r.error());
-  return commit_locked();
+  return commit_after(lk);
 }
 
 Result<void> Pool::resize(const std::string& name, uint64_t size_bytes) {
@@ -505,33 +434,40 @@ Result<void> Pool::resize(const std::string& name, uint64_t size_bytes) {
   TP_TRY(live_locked());
   TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
   uint64_t dev = rec->dev_id;
-  uint64_t old = rec->size_bytes;
-  const uint64_t old_blocks = (old + block_bytes_ - 1) / block_bytes_;
-  const uint64_t new_blocks = (size_bytes + block_bytes_ - 1) / block_bytes_;
+  const uint64_t old = rec->size_bytes;
+  const uint64_t B = block_bytes_;
+  if (size_bytes < old && size_bytes % B != 0) {
+    // The kept part of a partial last block must not bring old bytes back on regrow: zero
+    // the rest of it, through the write path, while the volume still has its old size.
+    const uint64_t tail_end = std::min(old, (size_bytes / B + 1) * B);
+    lk.unlock();
+    TP_TRY(write_zero_bytes(dev, size_bytes, tail_end - size_bytes));
+    lk.lock();
+    TP_TRY(live_locked());
+    TP_ASSIGN_OR_RETURN(rec, record_locked(name));
+    if (rec->dev_id != dev || rec->size_bytes != old) {
+      return make_error(Errc::kBusy, "volume changed while it was being resized");
+    }
+  }
+  const uint64_t old_blocks = (old + B - 1) / B;
+  const uint64_t new_blocks = (size_bytes + B - 1) / B;
   // A volume guaranteed to its end keeps that promise when it grows: the new tail is
   // provisioned (and must fit); a shrink cuts the guarantee.
   bool whole = !rec->guarantee.empty() &&
                catalog::covered_blocks(rec->guarantee, 0, old_blocks) == old_blocks;
-  if (size_bytes > old && whole && new_blocks > old_blocks &&
-      new_blocks - old_blocks > unreserved_locked()) {
-    return make_error(Errc::kNoSpace, "not enough unreserved space to grow the guarantee");
+  if (size_bytes > old && whole && new_blocks > old_blocks) {
+    TP_TRY(idle_settled_locked(lk));
+    TP_ASSIGN_OR_RETURN(rec, record_locked(name));
+    if (rec->dev_id != dev || rec->size_bytes != old) {
+      return make_error(Errc::kBusy, "volume changed while it was being resized");
+    }
+    if (new_blocks - old_blocks > unreserved_locked()) {
+      return make_error(Errc::kNoSpace, "not enough unreserved space to grow the guarantee");
+    }
   }
   if (size_bytes < old) {
-    io_done_.wait(lk, [&] { return inflight_ == 0; });
-    uint64_t B = block_bytes_;
-    uint64_t first_gone = (size_bytes + B - 1) / B;
-    TP_TRY(unmap_locked(dev, first_gone, ~uint64_t{0}));
-    // The kept part of a partial last block must not bring old bytes back on regrow.
-    if (size_bytes % B != 0) {
-      uint64_t vb = size_bytes / B;
-      TP_ASSIGN_OR_RETURN(auto m, md_->lookup(dev, vb));
-      if (m) {
-        uint32_t boff = static_cast<uint32_t>(size_bytes % B);
-        TP_ASSIGN_OR_RETURN(uint64_t target, prepare_write_retry(lk, dev, vb, boff,
-                                                                 static_cast<uint32_t>(B - boff)));
-        TP_TRY(data_->write_zeroes(target * B + boff, B - boff));
-      }
-    }
+    wait_idle_locked(lk);
+    TP_TRY(unmap_locked(dev, new_blocks, ~uint64_t{0}));
   }
   catalog::VolumeRecord* w = cat_.find(name);
   w->size_bytes = size_bytes;
@@ -546,7 +482,7 @@ Result<void> Pool::resize(const std::string& name, uint64_t size_bytes) {
       return abort_locked(r.error());
     }
   }
-  return commit_locked();
+  return commit_after(lk);
 }
 
 Result<void> Pool::extend(uint64_t data_bytes) {
@@ -559,11 +495,16 @@ Result<void> Pool::extend(uint64_t data_bytes) {
   if (nr > pdata::kMaxDataBlock) {
     return make_error(Errc::kInvalidArgument, "pool size exceeds the format's limit");
   }
+  const uint64_t old_nr = md_->nr_data_blocks();
   TP_TRY(data_->resize(nr * block_bytes_));
   TP_TRY(md_->resize_data(nr));
+  // The new blocks of the last region are holes the region's earlier scan did not see.
+  if (old_nr / kHoleRegionBlocks < hole_scanned_.size()) hole_scanned_[old_nr / kHoleRegionBlocks] = 0;
   cat_.settings.data_bytes = nr * block_bytes_;
+  hole_bits_.resize((nr + 63) / 64, 0);
+  hole_scanned_.resize((nr + kHoleRegionBlocks - 1) / kHoleRegionBlocks, 0);
   dirty_ = true;
-  return commit_locked();
+  return commit_after(lk);
 }
 
 // ---------------------------------------------------------------- I/O path
@@ -575,91 +516,75 @@ Result<void> Pool::check_writable_locked(uint64_t dev) {
   return {};
 }
 
-Result<uint64_t> Pool::prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t boff, uint32_t len,
-                                            Uninitialised* u) {
-  TP_ASSIGN_OR_RETURN(auto m, md_->lookup(dev, vb));
-  if (m && !m->shared) {
-    if (!unshared_.count(m->data_block)) return m->data_block;  // exclusive: in place
-    // Exclusive only since an uncommitted unmap or copy elsewhere: the committed state
-    // still shares it. Written in place after the next commit.
-    return make_error(Errc::kBusy, kWaitCommit);
-  }
-  if (md_->nr_free_metadata_blocks() < kMetadataSlice) {
-    return make_error(Errc::kNoSpace, "metadata space is low: only trim, remove and merge work");
-  }
-  TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
-  DrawnFrom from;
-  TP_ASSIGN_OR_RETURN(uint64_t nb, allocate_locked(*rec, vb, &from));
-  uint64_t B = block_bytes_;
-  if (!(boff == 0 && len == B)) {
-    // Partial write: the rest of the block must be the old content (copy-on-write) or
-    // zeros, never what the data block held before (stale data).
-    Result<void> r = m ? data_->copy(m->data_block * B, nb * B, B) : data_->discard(nb * B, B);
-    if (!r.ok()) {
-      unallocate_locked(rec->name, nb, from);
-      return r.error();
+Result<void> Pool::idle_settled_locked(std::unique_lock<std::mutex>& lk, bool clear_unshared) {
+  quiesce_++;  // requests wait until the caller releases mu_
+  struct Resume {
+    Pool* p;
+    ~Resume() {
+      if (--p->quiesce_ == 0) p->cv_.notify_all();
     }
-  } else if (u) {
-    u->fresh = true;
-    u->old_block = m ? m->data_block : kNoOldBlock;
-  }
-  TP_TRY(md_->insert(dev, vb, nb));
-  dirty_ = true;
-  if (m) TP_TRY(release_shared_locked(dev, vb, m->data_block));
-  return nb;
-}
-
-Result<uint64_t> Pool::prepare_write_retry(std::unique_lock<std::mutex>& lk, uint64_t dev,
-                                           uint64_t vb, uint32_t boff, uint32_t len) {
-  auto t = prepare_write_locked(dev, vb, boff, len);
-  if (t.ok()) return t;
-  Result<void> err = t.error();
-  if (!is_wait_commit(err)) return t;
-  io_done_.wait(lk, [&] { return inflight_ == 0; });
-  TP_TRY(commit_locked());
-  return prepare_write_locked(dev, vb, boff, len);
-}
-
-bool Pool::filling_locked(const std::vector<std::pair<uint64_t, uint64_t>>& maps) const {
-  if (filling_.empty()) return false;
-  for (const auto& m : maps) {
-    if (std::find(filling_.begin(), filling_.end(), m.second) != filling_.end()) return true;
-  }
-  return false;
-}
-
-void Pool::filled_locked(uint64_t block) {
-  auto it = std::find(filling_.begin(), filling_.end(), block);
-  if (it != filling_.end()) {
-    *it = filling_.back();
-    filling_.pop_back();
+  } resume{this};
+  for (int round = 0;; round++) {
+    wait_idle_locked(lk);
+    bool need = md_->data_sm().nr_pending_free() > 0 ||
+                (clear_unshared && (!unshared_.empty() || !unshared_cut_.empty()));
+    // Volume operations of other threads could keep freeing blocks: a few rounds and go on
+    // (an allocation that still meets only pending blocks then fails cleanly).
+    if (!need || round == 4) return {};
+    lk.unlock();
+    Result<void> r = flush();
+    lk.lock();
+    TP_TRY(r);
+    TP_TRY(live_locked());
   }
 }
+
+namespace {
+// Reused per thread: block-sized buffers for copy-on-write and zero padding, and the
+// per-request lists (no allocation per request once warm).
+thread_local std::vector<std::byte> t_block;
+// Blocks larger than this are not assembled in memory (copy_file_range and punch instead).
+constexpr uint64_t kMaxAssembleBytes = 1 << 20;
+}  // namespace
 
 Result<void> Pool::read(uint64_t dev, uint64_t off, std::span<std::byte> buf) {
+  return read(dev, off, buf, nullptr);
+}
+
+Result<void> Pool::read(uint64_t dev, uint64_t off, std::span<std::byte> buf,
+                        std::vector<Extent>* extents) {
+  if (extents) extents->clear();
   if (buf.empty()) return {};
   const uint64_t B = block_bytes_;
   thread_local std::vector<std::pair<uint64_t, uint64_t>> maps;  // (vb, data block)
   maps.clear();
+  unsigned slot;
   {
     std::unique_lock lk(mu_);
-    const uint64_t vb0 = off / B, vb1 = (off + buf.size() - 1) / B;
-    for (;;) {
-      TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));  // (again after a wait)
-      if (off > rec->size_bytes || buf.size() > rec->size_bytes - off) {
-        return make_error(Errc::kInvalidArgument, "read beyond the end of the volume", off);
-      }
-      TP_TRY(md_->walk(dev, vb0, vb1, [&](uint64_t vb, const pdata::Mapping& m) -> Result<bool> {
-        maps.emplace_back(vb, m.data_block);
-        return true;
-      }));
-      if (!filling_locked(maps)) break;
-      filled_.wait(lk);  // a whole-block write into one of them is in flight
-      maps.clear();
+    wait_io_allowed_locked(lk);
+    TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
+    if (off > rec->size_bytes || buf.size() > rec->size_bytes - off) {
+      return make_error(Errc::kInvalidArgument, "read beyond the end of the volume", off);
     }
-    begin_io_locked();
+    const uint64_t vb0 = off / B, vb1 = (off + buf.size() - 1) / B;
+    TP_TRY(md_->walk(dev, vb0, vb1, [&](uint64_t vb, const pdata::Mapping& m) -> Result<bool> {
+      maps.emplace_back(vb, m.data_block);
+      return true;
+    }));
+    slot = begin_io_locked();
   }
-  std::memset(buf.data(), 0, buf.size());
+  const uint64_t end = off + buf.size();
+  uint64_t pos = off;  // bytes before pos are done
+  auto hole = [&](uint64_t a, uint64_t b) {
+    if (a >= b) return;
+    std::memset(buf.data() + (a - off), 0, b - a);
+    if (!extents) return;
+    if (!extents->empty() && !extents->back().mapped) {
+      extents->back().length += b - a;
+    } else {
+      extents->push_back({a, b - a, false});
+    }
+  };
   Result<void> res;
   for (size_t i = 0; i < maps.size() && res.ok();) {
     // Merge runs of consecutive virtual blocks on consecutive data blocks into one read.
@@ -669,112 +594,227 @@ Result<void> Pool::read(uint64_t dev, uint64_t off, std::span<std::byte> buf) {
       j++;
     }
     uint64_t v_begin = std::max(off, maps[i].first * B);
-    uint64_t v_end = std::min(off + buf.size(), (maps[j - 1].first + 1) * B);
+    uint64_t v_end = std::min(end, (maps[j - 1].first + 1) * B);
+    hole(pos, v_begin);
     uint64_t d = maps[i].second * B + (v_begin - maps[i].first * B);
     res = data_->read(d, buf.subspan(v_begin - off, v_end - v_begin));
+    if (extents) {
+      if (!extents->empty() && extents->back().mapped) {
+        extents->back().length += v_end - v_begin;
+      } else {
+        extents->push_back({v_begin, v_end - v_begin, true});
+      }
+    }
+    pos = v_end;
     i = j;
   }
-  end_io();
+  if (res.ok()) hole(pos, end);
+  end_io(slot);
   return res;
 }
 
 Result<void> Pool::write(uint64_t dev, uint64_t off, std::span<const std::byte> buf) {
+  return write_impl(dev, off, buf, false);
+}
+
+Result<void> Pool::write_impl(uint64_t dev, uint64_t off, std::span<const std::byte> buf,
+                              bool internal) {
   const uint64_t B = block_bytes_;
-  struct Target {
-    uint64_t vb, block;
-    Uninitialised u;
-  };
+  const uint64_t end = off + buf.size();
   thread_local std::vector<Target> targets;
-  uint64_t end = off + buf.size();
-  uint64_t pos = off;
-  bool committed_for_space = false;  // at most one commit per stretch of progress
-  while (pos < end || buf.empty()) {
+  targets.clear();
+  bool allocating = false;
+  int commits = 0;  // commits this request asked for to make progress
+  unsigned slot;
+  uint64_t vb0 = 0, vb1 = 0;
+  for (;;) {
+    std::unique_lock lk(mu_);
+    wait_io_allowed_locked(lk);
+    TP_TRY(internal ? live_locked() : check_writable_locked(dev));
+    TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
+    if (off > rec->size_bytes || buf.size() > rec->size_bytes - off) {
+      return make_error(Errc::kInvalidArgument, "write beyond the end of the volume", off);
+    }
+    if (buf.empty()) return {};
+    vb0 = off / B;
+    vb1 = (end - 1) / B + 1;
+    // Blocks a write in flight is giving new data blocks: wait until it has mapped them.
+    if (pending_overlaps_locked(dev, vb0, vb1)) {
+      cv_.wait(lk);
+      continue;
+    }
     targets.clear();
-    Result<void> prep;
-    {
-      std::unique_lock lk(mu_);
-      TP_TRY(check_writable_locked(dev));
-      TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
-      if (off > rec->size_bytes || buf.size() > rec->size_bytes - off) {
-        return make_error(Errc::kInvalidArgument, "write beyond the end of the volume", off);
+    allocating = false;
+    Result<void> stop;     // why planning stopped early
+    bool unshared = false;  // ... at a block that stops being shared at the next commit
+    for (uint64_t vb = vb0; vb < vb1; vb++) {
+      auto m = md_->lookup(dev, vb);
+      if (!m.ok()) {
+        stop = m.error();
+        break;
       }
-      if (buf.empty()) return {};
-      for (uint64_t vb = pos / B; vb * B < end; vb++) {
-        uint64_t b_begin = std::max(pos, vb * B), b_end = std::min(end, (vb + 1) * B);
-        Uninitialised u;
-        auto t = prepare_write_locked(dev, vb, static_cast<uint32_t>(b_begin - vb * B),
-                                      static_cast<uint32_t>(b_end - b_begin), &u);
-        if (!t.ok()) {
-          prep = t.error();
+      if (*m && !(*m)->shared) {
+        if (unshared_locked((*m)->data_block)) {
+          // Exclusive only since an uncommitted unmap or copy elsewhere: the committed state
+          // still shares it. Written in place after the next commit.
+          stop = make_error(Errc::kBusy, kWaitCommit);
+          unshared = true;
           break;
         }
-        targets.push_back({vb, *t, u});
-      }
-      if (targets.empty()) {
-        if (!is_wait_commit(prep)) {
-          note_state_locked();  // read-only if a metadata update failed half way
-          return prep;
-        }
-        if (committed_for_space) {
-          return make_error(Errc::kNoSpace, "pool is full (no unreserved blocks)");
-        }
-        // Only blocks freed in this transaction are left: commit, then they are usable.
-        io_done_.wait(lk, [&] { return inflight_ == 0; });
-        TP_TRY(commit_locked());
-        committed_for_space = true;
+        targets.push_back({vb, (*m)->data_block, Fill::kInPlace, kNoBlock, 0});
         continue;
       }
-      committed_for_space = false;
-      for (const Target& t : targets) {
-        if (t.u.fresh) filling_.push_back(t.block);
+      if (md_->nr_free_metadata_blocks() < kMetadataSlice) {
+        stop = make_error(Errc::kNoSpace, "metadata space is low: only trim, remove and merge work");
+        break;
       }
-      begin_io_locked();
+      DrawnFrom from;
+      auto nb = allocate_locked(*rec, vb, &from);
+      if (!nb.ok()) {
+        stop = nb.error();
+        break;
+      }
+      const uint64_t b_begin = std::max(off, vb * B), b_end = std::min(end, (vb + 1) * B);
+      Fill fill;
+      if (b_begin == vb * B && b_end == (vb + 1) * B) {
+        fill = Fill::kWhole;  // the old content, if any, is overwritten: no copy
+      } else if (*m) {
+        fill = Fill::kCopy;
+      } else {
+        fill = known_hole_locked(*nb) ? Fill::kHole : Fill::kZeroPad;
+      }
+      set_hole_locked(*nb, false);
+      targets.push_back({vb, *nb, fill, *m ? (*m)->data_block : kNoBlock,
+                         static_cast<uint8_t>(from)});
+      allocating = true;
     }
-    // Ends this round's I/O: the fresh blocks hold their content now, readers may map them.
-    auto finish = [&] {
-      std::lock_guard lk(mu_);
-      bool any = false;
-      for (const Target& t : targets) {
-        if (t.u.fresh) {
-          filled_locked(t.block);
-          any = true;
+    if (stop.ok()) {
+      if (allocating) pending_.push_back({dev, vb0, vb1});
+      slot = begin_io_locked();
+      break;
+    }
+    // Nothing was done yet: give back what was held, then fail or commit and try again.
+    for (const Target& t : targets) {
+      if (t.fill != Fill::kInPlace) unallocate_locked(dev, t.block, static_cast<DrawnFrom>(t.drawn));
+    }
+    targets.clear();
+    if (!is_wait_commit(stop)) {
+      note_state_locked();  // read-only if a metadata update failed half way
+      return stop;
+    }
+    // Only blocks waiting for a commit stand in the way (freed ones, or a block that stops
+    // being shared at the next commit): commit, then they are usable. One commit releases
+    // every freed block; a block unshared by a change made meanwhile may need another.
+    if (!unshared && commits > 0) {
+      return make_error(Errc::kNoSpace, "pool is full (no unreserved blocks)");
+    }
+    if (commits >= 8) return make_error(Errc::kBusy, "block keeps waiting for a commit");
+    lk.unlock();
+    TP_TRY(flush());
+    commits++;
+  }
+
+  Result<void> res = write_targets(targets, off, buf);
+
+  if (!allocating) {
+    end_io(slot);
+    return res;
+  }
+  Result<void> ins;
+  {
+    std::lock_guard lk(mu_);
+    for (const Target& t : targets) {
+      if (t.fill == Fill::kInPlace) continue;
+      if (res.ok() && ins.ok()) {
+        ins = md_->insert_held(dev, t.vb, t.block);
+        if (ins.ok() && t.old_block != kNoBlock) ins = release_shared_locked(dev, t.vb, t.old_block);
+        dirty_ = true;
+        if (ins.ok()) continue;
+        if (!md_->broken()) {
+          // Refused before anything changed (cannot happen for a held block; be safe).
+          unallocate_locked(dev, t.block, static_cast<DrawnFrom>(t.drawn));
         }
+        continue;
       }
-      if (any) filled_.notify_all();
-      if (--inflight_ == 0) io_done_.notify_all();
-    };
-    Result<void> res;
-    for (size_t i = 0; i < targets.size() && res.ok();) {
+      // The write failed (or an earlier insert did): the block never gets mapped, the old
+      // content stays. Give the space back where it came from.
+      if (!md_->broken()) unallocate_locked(dev, t.block, static_cast<DrawnFrom>(t.drawn));
+    }
+    pending_remove_locked(dev, vb0);
+    if (!ins.ok()) note_state_locked();  // read-only: a metadata update failed half way
+  }
+  end_io(slot);
+  return res.ok() ? ins : res;
+}
+
+Result<void> Pool::write_targets(const std::vector<Target>& targets, uint64_t off,
+                                 std::span<const std::byte> buf) {
+  const uint64_t B = block_bytes_;
+  const uint64_t end = off + buf.size();
+  // Fills whose bytes on the device are exactly the request's bytes for that block.
+  auto direct = [](Fill f) { return f == Fill::kInPlace || f == Fill::kWhole || f == Fill::kHole; };
+  for (size_t i = 0; i < targets.size();) {
+    const Target& t = targets[i];
+    const uint64_t b_begin = std::max(off, t.vb * B), b_end = std::min(end, (t.vb + 1) * B);
+    const uint64_t boff = b_begin - t.vb * B;
+    if (direct(t.fill)) {
+      // Merge runs of consecutive data blocks into one write.
       size_t j = i + 1;
-      while (j < targets.size() && targets[j].block == targets[j - 1].block + 1) j++;
-      uint64_t v_begin = std::max(pos, targets[i].vb * B);
+      while (j < targets.size() && direct(targets[j].fill) &&
+             targets[j].block == targets[j - 1].block + 1) {
+        j++;
+      }
       uint64_t v_end = std::min(end, (targets[j - 1].vb + 1) * B);
-      uint64_t d = targets[i].block * B + (v_begin - targets[i].vb * B);
-      res = data_->write(d, buf.subspan(v_begin - off, v_end - v_begin));
+      TP_TRY(data_->write(t.block * B + boff, buf.subspan(b_begin - off, v_end - b_begin)));
       i = j;
+      continue;
     }
-    if (!res.ok()) {
-      // The new blocks this write was to fill are already mapped: give them the content
-      // they replace (a failed write leaves the old data, never some other volume's). Still
-      // in flight, so no commit can free and reuse an old block meanwhile. If even that
-      // fails, the mappings must never be committed: the pool turns read-only.
-      Result<void> fix;
-      for (const Target& t : targets) {
-        if (!t.u.fresh) continue;
-        fix = t.u.old_block != kNoOldBlock ? data_->copy(t.u.old_block * B, t.block * B, B)
-                                           : data_->discard(t.block * B, B);
-        if (!fix.ok()) break;
+    auto data = buf.subspan(b_begin - off, b_end - b_begin);
+    if (B <= kMaxAssembleBytes) {
+      // One block-sized write: the old bytes (copy-on-write) or zeros around the new ones.
+      t_block.resize(B);
+      if (t.fill == Fill::kCopy) {
+        // The bytes the write replaces are not read: only the head and the tail of the block.
+        if (boff > 0) TP_TRY(data_->read(t.old_block * B, std::span(t_block).first(boff)));
+        if (boff + data.size() < B) {
+          TP_TRY(data_->read(t.old_block * B + boff + data.size(),
+                             std::span(t_block).subspan(boff + data.size())));
+        }
+      } else {
+        std::memset(t_block.data(), 0, boff);
+        std::memset(t_block.data() + boff + data.size(), 0, B - boff - data.size());
       }
-      finish();
-      if (!fix.ok()) {
-        std::lock_guard lk(mu_);
-        (void)abort_locked(fix.error());
-      }
-      return res;
+      std::memcpy(t_block.data() + boff, data.data(), data.size());
+      TP_TRY(data_->write(t.block * B, t_block));
+    } else if (t.fill == Fill::kCopy) {
+      if (boff > 0) TP_TRY(data_->copy(t.old_block * B, t.block * B, boff));
+      const uint64_t tail = boff + data.size();
+      if (tail < B) TP_TRY(data_->copy(t.old_block * B + tail, t.block * B + tail, B - tail));
+      TP_TRY(data_->write(t.block * B + boff, data));
+    } else {
+      TP_TRY(data_->discard(t.block * B, B));
+      TP_TRY(data_->write(t.block * B + boff, data));
     }
-    finish();
-    pos = std::min(end, (targets.back().vb + 1) * B);
-    if (!prep.ok() && !is_wait_commit(prep)) return prep;
+    i++;
+  }
+  return {};
+}
+
+Result<void> Pool::write_zero_bytes(uint64_t dev, uint64_t off, uint64_t len) {
+  static const std::vector<std::byte> zeros(64 << 10);
+  const uint64_t B = block_bytes_;
+  for (uint64_t pos = off; pos < off + len;) {
+    const uint64_t vb = pos / B;
+    const uint64_t n = std::min({off + len - pos, (vb + 1) * B - pos, uint64_t{zeros.size()}});
+    bool mapped;
+    {
+      std::lock_guard lk(mu_);
+      TP_ASSIGN_OR_RETURN(auto m, md_->lookup(dev, vb));
+      mapped = m.has_value();
+    }
+    // An unmapped block already reads as zeros.
+    if (mapped) TP_TRY(write_impl(dev, pos, std::span(zeros).first(n), true));
+    pos += n;
   }
   return {};
 }
@@ -808,48 +848,60 @@ Result<void> Pool::unmap_locked(uint64_t dev, uint64_t vb_begin, uint64_t vb_end
 Result<void> Pool::trim(uint64_t dev, uint64_t off, uint64_t len) {
   if (len == 0) return {};
   std::unique_lock lk(mu_);
-  TP_TRY(check_writable_locked(dev));
-  TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
-  if (off > rec->size_bytes || len > rec->size_bytes - off) {
-    return make_error(Errc::kInvalidArgument, "trim beyond the end of the volume", off);
-  }
   const uint64_t B = block_bytes_;
-  uint64_t first = (off + B - 1) / B;
-  uint64_t last = (off + len) / B;  // exclusive
-  // The tail of the volume counts as a whole block when the range reaches the end.
-  if (off + len == rec->size_bytes) last = (rec->size_bytes + B - 1) / B;
-  return unmap_locked(dev, first, last);
+  for (;;) {
+    wait_io_allowed_locked(lk);
+    TP_TRY(check_writable_locked(dev));
+    TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
+    if (off > rec->size_bytes || len > rec->size_bytes - off) {
+      return make_error(Errc::kInvalidArgument, "trim beyond the end of the volume", off);
+    }
+    uint64_t first = (off + B - 1) / B;
+    uint64_t last = (off + len) / B;  // exclusive
+    // The tail of the volume counts as a whole block when the range reaches the end.
+    if (off + len == rec->size_bytes) last = (rec->size_bytes + B - 1) / B;
+    if (first >= last) return {};
+    // A write in flight is mapping some of these blocks: let it finish first.
+    if (pending_overlaps_locked(dev, first, last)) {
+      cv_.wait(lk);
+      continue;
+    }
+    return unmap_locked(dev, first, last);
+  }
 }
 
 Result<void> Pool::write_zeroes(uint64_t dev, uint64_t off, uint64_t len) {
   if (len == 0) return {};
   const uint64_t B = block_bytes_;
-  uint64_t end = off + len;
+  const uint64_t end = off + len;
   {
     std::unique_lock lk(mu_);
-    TP_TRY(check_writable_locked(dev));
-    TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
-    if (off > rec->size_bytes || len > rec->size_bytes - off) {
-      return make_error(Errc::kInvalidArgument, "write_zeroes beyond the end of the volume", off);
+    for (;;) {
+      wait_io_allowed_locked(lk);
+      TP_TRY(check_writable_locked(dev));
+      TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
+      if (off > rec->size_bytes || len > rec->size_bytes - off) {
+        return make_error(Errc::kInvalidArgument, "write_zeroes beyond the end of the volume",
+                          off);
+      }
+      uint64_t first = (off + B - 1) / B, last = end / B;
+      if (end == rec->size_bytes) last = (end + B - 1) / B;
+      if (first < last && pending_overlaps_locked(dev, first, last)) {
+        cv_.wait(lk);
+        continue;
+      }
+      TP_TRY(unmap_locked(dev, first, std::max(first, last)));
+      break;
     }
-    uint64_t first = (off + B - 1) / B, last = end / B;
-    if (end == rec->size_bytes) last = (end + B - 1) / B;
-    TP_TRY(unmap_locked(dev, first, std::max(first, last)));
   }
   // Partial blocks at either end: zeros where the block is mapped (unmapped reads zeros).
-  for (uint64_t vb : {off / B, (end - 1) / B}) {
-    uint64_t b_begin = std::max(off, vb * B), b_end = std::min(end, (vb + 1) * B);
-    if (b_begin == vb * B && b_end == (vb + 1) * B) continue;  // whole: unmapped above
-    std::unique_lock lk(mu_);
-    TP_ASSIGN_OR_RETURN(auto m, md_->lookup(dev, vb));
-    if (!m) continue;
-    uint32_t boff = static_cast<uint32_t>(b_begin - vb * B);
-    TP_ASSIGN_OR_RETURN(
-        uint64_t target,
-        prepare_write_retry(lk, dev, vb, boff, static_cast<uint32_t>(b_end - b_begin)));
-    TP_TRY(data_->write_zeroes(target * B + boff, b_end - b_begin));
-    if (off / B == (end - 1) / B) break;  // one block: done
-  }
+  const uint64_t vb_h = off / B, vb_t = (end - 1) / B;
+  auto partial = [&](uint64_t a, uint64_t b) -> Result<void> {  // [a, b) inside one block
+    if (a % B == 0 && b - a == B) return {};                     // whole: unmapped above
+    return write_zero_bytes(dev, a, b - a);
+  };
+  TP_TRY(partial(off, std::min(end, (vb_h + 1) * B)));
+  if (vb_t != vb_h) TP_TRY(partial(vb_t * B, end));
   return {};
 }
 
@@ -925,9 +977,24 @@ Result<std::vector<DeltaRange>> Pool::delta(const std::string& a, const std::str
 }
 
 Result<CheckResult> Pool::check(const std::string& metadata_copy) {
+  // What is checked is committed (the metadata copy is the file as the last commit left it):
+  // no commit in flight while we look, requests held back, everything committed first.
+  std::lock_guard clk(commit_mu_);
   std::unique_lock lk(mu_);
-  io_done_.wait(lk, [&] { return inflight_ == 0; });
-  if (dirty_) TP_TRY(commit_locked());
+  quiesce_++;
+  struct Resume {
+    Pool* p;
+    ~Resume() {
+      if (--p->quiesce_ == 0) p->cv_.notify_all();
+    }
+  } resume{this};
+  wait_idle_locked(lk);
+  if (dirty_ || md_->data_sm().nr_pending_free() > 0) {
+    lk.unlock();
+    last_commit_ = commit_run();
+    lk.lock();
+    TP_TRY(last_commit_);
+  }
   CheckResult res;
   TP_ASSIGN_OR_RETURN(auto rep, pdata::check_metadata(*md_));
   res.damage = std::move(rep.damage);

@@ -11,15 +11,29 @@
 // whole blocks. A new block is never readable with stale bytes: it is punched before it
 // is mapped unless the write covers all of it.
 //
-// Durability (flush/commit): data device fdatasync, then the catalog generation for the
-// next transaction id, then the metadata transaction (superblock last). See
-// docs/SEMANTICS.md "Durability and isolation".
+// Durability (flush/commit): the cut (in memory, under the pool's mutex: the metadata
+// transaction is sealed and the next one begins), then, with no lock held, the data device's
+// fdatasync in parallel with the catalog generation (only when the catalog changed) and the
+// metadata nodes and their sync, then the superblock and its sync. See docs/SEMANTICS.md
+// "Durability and isolation" and docs/DESIGN.md "The I/O path and commits".
 //
 // Thread-safety: every public method may be called from several threads. Metadata work is
-// serialised by one mutex; data-device reads and writes run outside it, and a commit waits
-// for those in flight, so a block freed in a transaction cannot be reused (the space map
-// never hands it out before the commit) while an older request still touches it.
+// serialised by one mutex, held only for in-memory work: never across data I/O or a sync.
+//   - A write to a mapped, exclusive block looks it up under the mutex and writes in place
+//     outside it; it never waits for a commit.
+//   - A write that needs a new block (first write, copy-on-write) holds a free block, writes
+//     the data (a copy-on-write assembles old and new bytes in one block-sized write), and
+//     only then maps it: a commit never sees a mapping whose data is not written, and a
+//     read in between sees the old mapping. Other writes to those blocks wait meanwhile.
+//   - Every request is counted in the epoch it started in; the epoch turns at each commit's
+//     cut. Data blocks freed before a cut are punched and handed out again only after the
+//     commit is durable and every request of the epochs before it has finished, so no
+//     request can touch a block another volume now owns.
+//   - Volume operations (snapshot, merge, ...) wait until no request is in flight and hold
+//     new ones back while they change the metadata; then they commit like a flush.
+// Lock order: commit_mu_ before mu_.
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -208,10 +222,16 @@ class Pool {
   // --- I/O by device id; byte granularity. Durable after flush(). ---
   Result<uint64_t> size_of(uint64_t dev);
   Result<void> read(uint64_t dev, uint64_t off, std::span<std::byte> buf);
+  // The same, and *extents (reused: cleared first) gets the mapped/unmapped runs of the range
+  // (Pool::extents' answer) from the same walk: unmapped runs read as zeros without I/O.
+  Result<void> read(uint64_t dev, uint64_t off, std::span<std::byte> buf,
+                    std::vector<Extent>* extents);
   Result<void> write(uint64_t dev, uint64_t off, std::span<const std::byte> buf);
   Result<void> trim(uint64_t dev, uint64_t off, uint64_t len);
   // Zeros the range: whole blocks are unmapped, partial ones written with zeros.
   Result<void> write_zeroes(uint64_t dev, uint64_t off, uint64_t len);
+  // Makes every write that completed before the call durable: returns once a commit whose
+  // cut came after the call has finished (commits requested meanwhile share one).
   Result<void> flush();
 
   // Mapped/unmapped runs covering [off, off+len). O(mapped blocks in the range).
@@ -233,51 +253,109 @@ class Pool {
   io::BlockDevice& data_device() { return *data_; }
   uint64_t metadata_writes();
 
- private:
-  Pool() = default;
-  struct InFlight;
-  Result<void> commit_locked();
+private:
+  Pool();  // (in commit.cc, where Syncer is complete)
+  class Syncer;
+  // Finishes open/create: starts the data syncer.
+  void start();
+
+  // --- commits (commit.cc) ---
+  // Runs one commit. REQUIRES: commit_mu_ held, mu_ not held.
+  Result<void> commit_run();
+  // Marks the transaction changed, reports space events, unlocks and commits (flush()).
+  Result<void> commit_change(std::unique_lock<std::mutex>& lk) {
+    dirty_ = true;
+    note_space_locked();
+    lk.unlock();
+    return flush();
+  }
+  // Unlocks and commits.
+  Result<void> commit_after(std::unique_lock<std::mutex>& lk) {
+    lk.unlock();
+    return flush();
+  }
   // kReadOnly once a commit or a metadata update failed (the pool must be reopened).
   Result<void> live_locked() const {
     if (failed_locked()) return make_error(Errc::kReadOnly, "pool is read-only");
     return {};
   }
   bool failed_locked() const { return failed_ || md_->broken(); }
-  // Marks the transaction changed, reports space events and commits.
-  Result<void> commit_change_locked() {
-    dirty_ = true;
-    note_space_locked();
-    return commit_locked();
-  }
   Result<void> abort_locked(const Error& e);
-  // What allocation returns when only blocks freed in this transaction are left, and what
-  // prepare_write_locked returns for a block in unshared_: a commit lets the write go on.
+  // What allocation returns when only blocks freed but not yet released by a commit are
+  // left, and what a write meets at a block in unshared_: a commit lets it go on.
   static constexpr char kWaitCommit[] = "free blocks wait for a commit";
   static bool is_wait_commit(const Result<void>& r) {
     return !r.ok() && r.error().code == Errc::kBusy && r.error().what == kWaitCommit;
   }
-  // prepare_write_locked, committing once (to make freed blocks usable) when that is what
-  // stands in the way. REQUIRES: lk holds mu_; no I/O of this thread in flight.
-  Result<uint64_t> prepare_write_retry(std::unique_lock<std::mutex>& lk, uint64_t dev, uint64_t vb,
-                                       uint32_t boff, uint32_t len);
+
+  // --- requests in flight ---
+  // Counts one request in the current epoch. REQUIRES: mu_ held. Returns its slot.
+  unsigned begin_io_locked() {
+    unsigned slot = static_cast<unsigned>(epoch_ & 1);
+    inflight_[slot].fetch_add(1, std::memory_order_relaxed);
+    return slot;
+  }
+  void end_io(unsigned slot) {
+    if (inflight_[slot].fetch_sub(1, std::memory_order_acq_rel) == 1) inflight_[slot].notify_all();
+  }
+  // Waits until every request counted in slot has finished. REQUIRES: mu_ not held.
+  void wait_drained(unsigned slot);
+  // Requests wait here while a volume operation waits for the pool to go idle.
+  void wait_io_allowed_locked(std::unique_lock<std::mutex>& lk) {
+    while (quiesce_ > 0) cv_.wait(lk);
+  }
+  // Returns (holding lk) once no request is in flight; new ones wait meanwhile.
+  void wait_idle_locked(std::unique_lock<std::mutex>& lk);
+  // An allocating write's blocks [begin, end) of dev; other writes there wait.
+  struct PendingRange {
+    uint64_t dev, begin, end;
+  };
+  bool pending_overlaps_locked(uint64_t dev, uint64_t begin, uint64_t end) const;
+  void pending_remove_locked(uint64_t dev, uint64_t begin);
+  // Exclusive now, but shared in the last commit or in the one in flight: not writable in
+  // place before the commit that follows.
+  bool unshared_locked(uint64_t block) const {
+    return unshared_.count(block) != 0 || unshared_cut_.count(block) != 0;
+  }
+
+  // --- data blocks known to read as zeros (holes in the data file) ---
+  bool known_hole_locked(uint64_t block);
+  void set_hole_locked(uint64_t block, bool hole);
+
+  // --- the I/O path (pool.cc) ---
   Result<const catalog::VolumeRecord*> record_locked(const std::string& name);
   Result<const catalog::VolumeRecord*> record_by_dev_locked(uint64_t dev);
   Result<void> check_writable_locked(uint64_t dev);
-  // A block mapped for a write that covers all of it, without initialising it: if that write
-  // fails, the block must get the old content back (old_block, or zeros if kNoOldBlock).
-  static constexpr uint64_t kNoOldBlock = ~uint64_t{0};
-  struct Uninitialised {
-    bool fresh = false;
-    uint64_t old_block = kNoOldBlock;
+  // How one block of a write is done.
+  enum class Fill : uint8_t {
+    kInPlace,      // mapped and exclusive: written where it is
+    kWhole,        // new block covered by the write
+    kHole,         // new block known to read as zeros: only the written bytes
+    kZeroPad,      // new block of unknown content: zeros around the written bytes
+    kCopy,         // copy-on-write: the old block's bytes around the written ones
   };
-  // Maps the block for a write of [boff, boff+len) and returns its data block; a new block is
-  // initialised (copy of the old one, or zeros) unless the write covers it all (see u).
-  Result<uint64_t> prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t boff, uint32_t len,
-                                        Uninitialised* u = nullptr);
+  struct Target {
+    uint64_t vb, block;
+    Fill fill;
+    uint64_t old_block;  // kCopy, or a shared block replaced by kWhole
+    uint8_t drawn;       // DrawnFrom of a new block
+  };
+  static constexpr uint64_t kNoBlock = ~uint64_t{0};
+  Result<void> write_targets(const std::vector<Target>& targets, uint64_t off,
+                             std::span<const std::byte> buf);
+  // write(), and for internal=true (zeroing for resize/write_zeroes) also on a read-only
+  // snapshot.
+  Result<void> write_impl(uint64_t dev, uint64_t off, std::span<const std::byte> buf,
+                          bool internal);
+  // Returns (holding lk) with no request in flight (new ones wait until lk is released) and,
+  // committing when needed, no freed block waiting for a commit (so the space counted next
+  // is space the allocator can hand out) and, with clear_unshared, no block in unshared_.
+  // May unlock lk on the way: callers re-check what they looked up before.
+  Result<void> idle_settled_locked(std::unique_lock<std::mutex>& lk, bool clear_unshared = false);
   Result<void> unmap_locked(uint64_t dev, uint64_t vb_begin, uint64_t vb_end);
   Result<void> remove_locked(const std::string& name);
-  void begin_io_locked() { inflight_++; }
-  void end_io();
+  // Writes zeros over [off, off+len) of dev through the write path, in bounded pieces.
+  Result<void> write_zero_bytes(uint64_t dev, uint64_t off, uint64_t len);
 
   // Space accounting (space.cc). g_[dev] = G(v): guaranteed blocks unmapped or shared.
   uint64_t free_locked() const { return md_->nr_free_data_blocks(); }
@@ -289,14 +367,15 @@ class Pool {
   // Recomputes G for every guaranteed volume (after remove, merge, rollback).
   Result<void> recompute_all_g_locked();
   void set_g_locked(uint64_t dev, uint64_t g);
-  // Allocates a data block for a write of vb in dev, by the allocation rule; *from says
-  // which space it was drawn from, for unallocate_locked.
-  enum class DrawnFrom { kGuarantee, kReserve, kPool };
+  // Holds a data block for a write of vb in dev, by the allocation rule; *from says which
+  // space it was drawn from, for unallocate_locked. The block is mapped by
+  // md_->insert_held() once its content is written.
+  enum class DrawnFrom : uint8_t { kGuarantee, kReserve, kPool };
   Result<uint64_t> allocate_locked(const catalog::VolumeRecord& rec, uint64_t vb, DrawnFrom* from);
-  // Undoes allocate_locked when the new block could not be prepared (a data I/O error before
-  // it was mapped): frees it and gives its space back to where it was drawn from, so that a
-  // guarantee keeps every block it holds.
-  void unallocate_locked(const std::string& name, uint64_t block, DrawnFrom from);
+  // Undoes allocate_locked when the held block could not be prepared (a data I/O error
+  // before it was mapped): releases it and gives its space back to where it was drawn from,
+  // so that a guarantee keeps every block it holds.
+  void unallocate_locked(uint64_t dev, uint64_t block, DrawnFrom from);
   Result<void> provision_locked(const std::string& name, uint64_t vb_begin, uint64_t vb_end,
                                 catalog::ProvisionClass cls, bool zero_content);
   void note_space_locked();
@@ -316,7 +395,7 @@ class Pool {
   std::unique_ptr<io::BlockDevice> meta_dev_;
   std::unique_ptr<io::BlockDevice> data_;
   std::unique_ptr<pdata::ThinMetadata> md_;
-  std::unique_ptr<catalog::CatalogFile> catfile_;
+  std::unique_ptr<catalog::CatalogFile> catfile_;  // written by the committer only
   catalog::Catalog cat_;
   std::map<uint64_t, uint64_t> g_;  // G(v) by dev id (absent: 0)
   uint64_t reserved_ = 0;           // sum of G(v) + E(v)
@@ -325,24 +404,35 @@ class Pool {
   PoolState last_state_ = PoolState::kOk;
   std::function<void(const PoolEvent&)> listener_;
   std::vector<int> hook_pids_;  // low-water hook processes not yet reaped
-  // Data blocks shared in the last commit that an unmap or copy-on-write of this
-  // transaction left to a single volume. That volume must not write them in place before the
-  // next commit: after a crash the other volume's committed mapping would show its bytes.
-  std::unordered_set<uint64_t> unshared_;
-  bool dirty_ = false;  // uncommitted changes
+  // Data blocks shared in the last commit (unshared_cut_: in the commit in flight) that an
+  // unmap or copy-on-write since left to a single volume. That volume must not write them in
+  // place before the next commit: after a crash the other volume's committed mapping would
+  // show its bytes.
+  std::unordered_set<uint64_t> unshared_, unshared_cut_;
+  bool dirty_ = false;  // uncommitted metadata changes
+  // The catalog file holds a record newer than the superblock (a commit that failed after
+  // writing it): the next commit writes the catalog even if unchanged.
+  bool force_catalog_ = false;
   // A commit failed, or an operation failed half way: read-only until reopened (a metadata
   // update that failed half way shows as md_->broken(), see failed_locked()).
   bool failed_ = false;
   std::mutex mu_;
-  std::condition_variable io_done_;
-  uint64_t inflight_ = 0;
-  // New data blocks mapped for a whole-block write that is still in flight: they hold no
-  // defined content until it lands, so a read that maps to one waits (filled_) instead of
-  // showing it. Few at a time (one per whole block in flight); capacity kept across uses.
-  std::vector<uint64_t> filling_;
-  std::condition_variable filled_;
-  bool filling_locked(const std::vector<std::pair<uint64_t, uint64_t>>& maps) const;
-  void filled_locked(uint64_t block);
+  std::condition_variable cv_;  // quiesce_ and pending_ changes (under mu_)
+  uint64_t epoch_ = 0;
+  std::atomic<uint64_t> inflight_[2] = {0, 0};
+  unsigned quiesce_ = 0;
+  std::vector<PendingRange> pending_;
+  // Bit per data block: known to read as zeros (a hole). Scanned from the data device per
+  // region of kHoleRegionBlocks on first use; set when a freed block is punched; cleared
+  // when a block is allocated.
+  static constexpr uint64_t kHoleRegionBlocks = 1 << 14;
+  std::vector<uint64_t> hole_bits_;
+  std::vector<uint8_t> hole_scanned_;
+  // Commits: one at a time; cuts_ counts cuts made (read without commit_mu_ by flush()).
+  std::mutex commit_mu_;
+  std::atomic<uint64_t> cuts_{0};
+  Result<void> last_commit_;  // result of the last commit (under commit_mu_)
+  std::unique_ptr<Syncer> syncer_;
 };
 
 }  // namespace tp::thin

@@ -128,9 +128,9 @@ Result<void> Pool::release_shared_locked(uint64_t dev, uint64_t vb, uint64_t old
 }
 
 Result<uint64_t> Pool::new_data_block_locked() {
-  auto b = md_->alloc_data_block();
+  auto b = md_->hold_data_block();
   if (!b.ok() && b.error().code == Errc::kNoSpace && md_->data_sm().nr_pending_free() > 0) {
-    // Blocks freed in this transaction become usable after the commit.
+    // Freed blocks become usable after the next commit.
     return make_error(Errc::kBusy, kWaitCommit);
   }
   return b;
@@ -163,17 +163,17 @@ Result<uint64_t> Pool::allocate_locked(const VolumeRecord& rec, uint64_t vb, Dra
   return b;
 }
 
-void Pool::unallocate_locked(const std::string& name, uint64_t block, DrawnFrom from) {
-  // A failure here leaves the transaction broken (md_->broken()): the pool is read-only.
-  (void)md_->dec_data_block(block);
-  VolumeRecord* w = cat_.find(name);
+void Pool::unallocate_locked(uint64_t dev, uint64_t block, DrawnFrom from) {
+  md_->release_held(block);
   switch (from) {
     case DrawnFrom::kGuarantee:
-      set_g_locked(w->dev_id, (g_.count(w->dev_id) ? g_[w->dev_id] : 0) + 1);
+      set_g_locked(dev, (g_.count(dev) ? g_[dev] : 0) + 1);
       break;
     case DrawnFrom::kReserve:
-      w->reserve_blocks++;
-      reserved_++;
+      if (const VolumeRecord* v = cat_.find_dev(dev)) {
+        cat_.find(v->name)->reserve_blocks++;
+        reserved_++;
+      }
       break;
     case DrawnFrom::kPool:
       break;
@@ -228,11 +228,13 @@ Result<void> Pool::provision_locked(const std::string& name, uint64_t vb_begin, 
     if (mapped && !zero_content) continue;  // shared: its copy is reserved in G(v)
     DrawnFrom from;
     TP_ASSIGN_OR_RETURN(uint64_t nb, allocate_locked(*w, vb, &from));
+    set_hole_locked(nb, false);
     if (auto r = data_->write_zeroes(nb * B, B); !r.ok()) {
-      unallocate_locked(name, nb, from);
+      unallocate_locked(dev, nb, from);
       return r;
     }
-    TP_TRY(md_->insert(dev, vb, nb));
+    TP_TRY(md_->insert_held(dev, vb, nb));
+    if (mapped) TP_TRY(release_shared_locked(dev, vb, maps[mi].second.data_block));
   }
   note_space_locked();
   return {};
@@ -246,7 +248,7 @@ Result<void> Pool::set_low_water(uint32_t percent, const std::string& hook) {
   TP_TRY(live_locked());
   cat_.settings.low_water_percent = percent;
   cat_.settings.low_water_hook = hook;
-  return commit_change_locked();
+  return commit_change(lk);
 }
 
 Result<void> Pool::provision(const std::string& name, uint64_t off, uint64_t len,
@@ -258,50 +260,69 @@ Result<void> Pool::provision(const std::string& name, uint64_t off, uint64_t len
     return make_error(Errc::kInvalidArgument, "range is empty or beyond the end of the volume");
   }
   const uint64_t B = block_bytes_;
-  // Blocks freed in this transaction are usable only after a commit: commit first so the
-  // space the checks below count is space the allocator can hand out.
-  io_done_.wait(lk, [&] { return inflight_ == 0; });
-  if (md_->data_sm().nr_pending_free() > 0) TP_TRY(commit_locked());
+  const uint64_t size = rec->size_bytes;
+  // Freed blocks are usable only after a commit: settle them first so the space the checks
+  // below count is space the allocator can hand out.
+  TP_TRY(idle_settled_locked(lk));
+  TP_ASSIGN_OR_RETURN(rec, record_locked(name));
+  if (rec->size_bytes != size) return make_error(Errc::kBusy, "volume changed meanwhile");
   if (auto r = provision_locked(name, off / B, (off + len + B - 1) / B, cls, false); !r.ok()) {
     if (r.error().code == Errc::kNoSpace || r.error().code == Errc::kReadOnly) return r;
     return abort_locked(r.error());
   }
-  return commit_locked();
+  return commit_after(lk);
 }
 
 Result<void> Pool::provision_zero(uint64_t dev, uint64_t off, uint64_t len) {
   if (len == 0) return {};
-  std::unique_lock lk(mu_);
-  TP_TRY(check_writable_locked(dev));
-  TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
-  if (off > rec->size_bytes || len > rec->size_bytes - off) {
-    return make_error(Errc::kInvalidArgument, "range beyond the end of the volume", off);
-  }
   const uint64_t B = block_bytes_;
-  uint64_t end = off + len;
-  std::string name = rec->name;
-  io_done_.wait(lk, [&] { return inflight_ == 0; });
-  // Zeroing in place a block in unshared_ needs a commit first, as a write does.
-  if (md_->data_sm().nr_pending_free() > 0 || !unshared_.empty()) TP_TRY(commit_locked());
-  // Whole blocks: provisioned with zero content. Partial blocks at the edges: provisioned,
-  // and only the requested bytes zeroed.
-  uint64_t first = (off + B - 1) / B, last = end / B;
-  if (end == rec->size_bytes) last = (end + B - 1) / B;
-  if (first < last) {
-    if (auto r = provision_locked(name, first, last, ProvisionClass::kData, true); !r.ok()) {
-      if (r.error().code == Errc::kNoSpace) return r;
-      return abort_locked(r.error());
+  const uint64_t end = off + len;
+  std::string name;
+  uint64_t edges_first = 0, edges_last = 0;  // whole blocks, zero-provisioned
+  {
+    std::unique_lock lk(mu_);
+    wait_io_allowed_locked(lk);
+    TP_TRY(check_writable_locked(dev));
+    TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
+    if (off > rec->size_bytes || len > rec->size_bytes - off) {
+      return make_error(Errc::kInvalidArgument, "range beyond the end of the volume", off);
     }
+    name = rec->name;
+    const uint64_t size = rec->size_bytes;
+    // Zeroing in place a block in unshared_ needs a commit first, as a write does.
+    TP_TRY(idle_settled_locked(lk, /*clear_unshared=*/true));
+    TP_TRY(check_writable_locked(dev));
+    TP_ASSIGN_OR_RETURN(rec, record_by_dev_locked(dev));
+    if (rec->name != name || rec->size_bytes != size) {
+      return make_error(Errc::kBusy, "volume changed meanwhile");
+    }
+    // Whole blocks: provisioned with zero content. Partial blocks at the edges: provisioned
+    // here, and only the requested bytes zeroed below.
+    uint64_t first = (off + B - 1) / B, last = end / B;
+    if (end == rec->size_bytes) last = (end + B - 1) / B;
+    if (first < last) {
+      if (auto r = provision_locked(name, first, last, ProvisionClass::kData, true); !r.ok()) {
+        if (r.error().code == Errc::kNoSpace) return r;
+        return abort_locked(r.error());
+      }
+    }
+    for (uint64_t vb : {off / B, (end - 1) / B}) {
+      if (vb >= first && vb < last) continue;
+      if (auto r = provision_locked(name, vb, vb + 1, ProvisionClass::kData, false); !r.ok()) {
+        if (r.error().code == Errc::kNoSpace) return r;
+        return abort_locked(r.error());
+      }
+    }
+    dirty_ = true;
+    edges_first = first;
+    edges_last = last;
   }
+  // The partial edges: zeros over the requested bytes, through the write path (a shared
+  // block is copied, with a block its guarantee holds).
   for (uint64_t vb : {off / B, (end - 1) / B}) {
+    if (vb >= edges_first && vb < edges_last) continue;
     uint64_t b_begin = std::max(off, vb * B), b_end = std::min(end, (vb + 1) * B);
-    if (vb >= first && vb < last) continue;
-    TP_TRY(provision_locked(name, vb, vb + 1, ProvisionClass::kData, false));
-    uint32_t boff = static_cast<uint32_t>(b_begin - vb * B);
-    TP_ASSIGN_OR_RETURN(
-        uint64_t target,
-        prepare_write_retry(lk, dev, vb, boff, static_cast<uint32_t>(b_end - b_begin)));
-    TP_TRY(data_->write_zeroes(target * B + boff, b_end - b_begin));
+    TP_TRY(write_zero_bytes(dev, b_begin, b_end - b_begin));
     if (off / B == (end - 1) / B) break;
   }
   return {};
@@ -323,7 +344,7 @@ Result<void> Pool::unprovision(const std::string& name, uint64_t off, uint64_t l
   w->guarantee = catalog::remove_range(w->guarantee, vb_begin, vb_end);
   TP_ASSIGN_OR_RETURN(uint64_t g, compute_g_locked(*w));
   set_g_locked(w->dev_id, g);
-  return commit_change_locked();
+  return commit_change(lk);
 }
 
 Result<void> Pool::reserve(const std::string& name, uint64_t bytes) {
@@ -336,12 +357,13 @@ Result<void> Pool::reserve(const std::string& name, uint64_t bytes) {
   }
   reserved_ = reserved_ - rec->reserve_blocks + want;
   cat_.find(name)->reserve_blocks = want;
-  return commit_change_locked();
+  return commit_change(lk);
 }
 
 Result<void> Pool::merge(const std::string& snapshot, bool take_size) {
   std::unique_lock lk(mu_);
   TP_TRY(live_locked());
+  wait_idle_locked(lk);  // no request in flight (none starts while we hold mu_)
   TP_ASSIGN_OR_RETURN(auto* snap, record_locked(snapshot));
   if (snap->origin.empty()) {
     return make_error(Errc::kInvalidArgument, "volume is not a snapshot: nothing to merge into");
@@ -355,7 +377,6 @@ Result<void> Pool::merge(const std::string& snapshot, bool take_size) {
       return make_error(Errc::kBusy, "snapshot has snapshots of its own: remove them first");
     }
   }
-  io_done_.wait(lk, [&] { return inflight_ == 0; });
   std::string origin_name = origin->name;
   uint64_t odev = origin->dev_id, sdev = snap->dev_id;
   uint64_t osize = take_size ? snap->size_bytes : origin->size_bytes;
@@ -391,12 +412,13 @@ Result<void> Pool::merge(const std::string& snapshot, bool take_size) {
   }
   if (!r.ok()) return abort_locked(r.error());
   dirty_ = true;
-  return commit_locked();
+  return commit_after(lk);
 }
 
 Result<void> Pool::rollback(const std::string& name, const std::string& snapshot) {
   std::unique_lock lk(mu_);
   TP_TRY(live_locked());
+  wait_idle_locked(lk);  // no request in flight (none starts while we hold mu_)
   TP_ASSIGN_OR_RETURN(auto* vol, record_locked(name));
   TP_ASSIGN_OR_RETURN(auto* snap, record_locked(snapshot));
   if (vol == snap) return make_error(Errc::kInvalidArgument, "cannot roll a volume back to itself");
@@ -420,7 +442,6 @@ Result<void> Pool::rollback(const std::string& name, const std::string& snapshot
   if ((guaranteed - g) + snap_exclusive > unreserved_locked()) {
     return make_error(Errc::kNoSpace, "not enough unreserved space to keep the guarantee");
   }
-  io_done_.wait(lk, [&] { return inflight_ == 0; });
   uint64_t dev = vol->dev_id;
   uint64_t nr_vblocks = (vol->size_bytes + block_bytes_ - 1) / block_bytes_;
   Result<void> r = md_->clone_tree_into(dev, snap->dev_id);
@@ -428,7 +449,7 @@ Result<void> Pool::rollback(const std::string& name, const std::string& snapshot
   if (r.ok()) r = recompute_all_g_locked();
   if (!r.ok()) return abort_locked(r.error());
   dirty_ = true;
-  return commit_locked();
+  return commit_after(lk);
 }
 
 }  // namespace tp::thin

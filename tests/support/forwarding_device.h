@@ -23,6 +23,8 @@ class ForwardingDevice : public io::BlockDevice {
   Result<void> copy(uint64_t s, uint64_t d, uint64_t l) override { return d_.copy(s, d, l); }
   Result<void> resize(uint64_t n) override { return d_.resize(n); }
   uint64_t allocated_bytes() const override { return d_.allocated_bytes(); }
+  Result<uint64_t> next_data(uint64_t o, uint64_t e) override { return d_.next_data(o, e); }
+  Result<uint64_t> next_hole(uint64_t o, uint64_t e) override { return d_.next_hole(o, e); }
 
  private:
   io::BlockDevice& d_;

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <random>
 #include <set>
 #include <string>
@@ -125,7 +126,9 @@ class Recorder {
     e.op = op;
     log.push_back(std::move(e));
   }
+  // Thread-safe: a commit syncs the data device on another thread while it writes metadata.
   void add(Entry e) {
+    std::lock_guard lk(mu_);
     note_catalog();
     e.op = op;
     log.push_back(std::move(e));
@@ -135,6 +138,7 @@ class Recorder {
   std::vector<Entry> log;
 
  private:
+  std::mutex mu_;
   std::string catalog_path_;
   std::tuple<ino_t, off_t, time_t, long> last_{};
   std::string last_content_;
@@ -146,6 +150,8 @@ class RecordingDevice final : public io::BlockDevice {
       : inner_(std::move(inner)), dev_(dev), rec_(rec) {}
   uint64_t size() const override { return inner_->size(); }
   uint64_t allocated_bytes() const override { return inner_->allocated_bytes(); }
+  Result<uint64_t> next_data(uint64_t o, uint64_t e) override { return inner_->next_data(o, e); }
+  Result<uint64_t> next_hole(uint64_t o, uint64_t e) override { return inner_->next_hole(o, e); }
   Result<void> read(uint64_t off, std::span<std::byte> buf) override {
     return inner_->read(off, buf);
   }
