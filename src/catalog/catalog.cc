@@ -167,6 +167,11 @@ const char* parse_settings(const Json& j, PoolSettings* s) {
   if (!read_string(j, "low_water_hook", &s->low_water_hook)) {
     return "catalog settings has a bad low_water_hook";
   }
+  // Optional: absent in catalogs written before it existed.
+  if (field(j, "pool_id") != nullptr &&
+      (!read_u64(j, "pool_id", &s->pool_id) || s->pool_id >= (uint64_t{1} << 53))) {
+    return "catalog settings has a bad pool_id";
+  }
   return nullptr;
 }
 
@@ -266,6 +271,7 @@ std::string Catalog::to_json() const {
   s["data_bytes"] = settings.data_bytes;
   s["low_water_percent"] = settings.low_water_percent;
   s["low_water_hook"] = settings.low_water_hook;
+  if (settings.pool_id != 0) s["pool_id"] = settings.pool_id;
   j["settings"] = std::move(s);
   j["next_dev_id"] = next_dev_id;
   OrderedJson vols = OrderedJson::array();

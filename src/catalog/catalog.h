@@ -67,6 +67,10 @@ struct PoolSettings {
   uint64_t data_bytes = 0;
   uint32_t low_water_percent = 10;
   std::string low_water_hook;  // command run when the low-water mark is crossed
+  // Random at init (0 < id < 2^53), never changed: the pool's journal batches carry it, so a
+  // journal file beside another pool's metadata is never replayed. 0 in catalogs written
+  // before it existed (the pool assigns one when it opens such a catalog).
+  uint64_t pool_id = 0;
   bool operator==(const PoolSettings&) const = default;
 };
 

@@ -281,6 +281,18 @@ Result<void> BlockManager::write_pinned(const Pinned& p) {
   return {};
 }
 
+Result<void> BlockManager::write_through(uint64_t b, std::span<const std::byte> sealed) {
+  TP_TRY(dev_.write(b * kBlockSize, sealed.first(kBlockSize)));
+  std::lock_guard lk(mu_);
+  stats_.writes++;
+  auto it = cache_.find(b);
+  if (it != cache_.end() && !it->second->writer) {
+    std::memcpy(it->second->data.data(), sealed.data(), kBlockSize);
+    it->second->dirty = false;
+  }
+  return {};
+}
+
 void BlockManager::unpin(Pinned& p, bool written) {
   if (!written) {
     std::lock_guard lk(mu_);

@@ -149,6 +149,9 @@ class BlockManager {
   // Writes pinned blocks, consecutive ones in one device write. Thread-safe against
   // readers and against other transactions' writers.
   Result<void> write_pinned(const Pinned& p);
+  // Writes a sealed block straight to the device (not through the cache: never written
+  // early by an eviction); a cached copy takes the new content.
+  Result<void> write_through(uint64_t b, std::span<const std::byte> sealed);
   // Releases the pins (the blocks become evictable). written=false: the write failed, so
   // they are dirty again (the cache must not drop the only copy of their content).
   void unpin(Pinned& p, bool written);

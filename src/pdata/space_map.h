@@ -69,6 +69,14 @@ class SpaceMap {
   Result<void> commit_held(uint64_t b);
   // REQUIRES: b held. It is free again.
   void release_held(uint64_t b);
+  // Free, not held and not waiting for release_freed().
+  bool idle(uint64_t b) const {
+    if (b >= nr_blocks_) return false;
+    const Chunk& c = chunks_[b / kEntriesPerBitmap];
+    const uint32_t i = static_cast<uint32_t>(b % kEntriesPerBitmap);
+    if (!c.loaded) return false;
+    return c.counts[i] == 0 && !(c.flags[i] & (kHeld | kFreed));
+  }
   // Blocks that are free now but not reusable yet (see the file comment).
   uint64_t nr_pending_free() const { return pending_free_; }
   // Data maps: b, freed before the cut of a commit that has now completed, may be handed out

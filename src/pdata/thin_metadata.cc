@@ -93,6 +93,7 @@ Result<std::unique_ptr<ThinMetadata>> ThinMetadata::open(io::BlockDevice& dev,
   {
     TP_ASSIGN_OR_RETURN(ReadRef r, md->bm_->read_lock(kSuperblockLocation, kSuperblockValidator));
     TP_ASSIGN_OR_RETURN(md->sb_, decode_superblock(r.data()));
+    md->sb_csum_ = load_le32(r.data().data());
   }
   const Superblock& sb = md->sb_;
   uint64_t dev_blocks = dev.size() / kBlockSize;
@@ -418,6 +419,17 @@ Result<void> ThinMetadata::insert_held(uint64_t dev, uint64_t vblock, uint64_t d
   return insert(dev, vblock, data_block);
 }
 
+Result<void> ThinMetadata::insert_free(uint64_t dev, uint64_t vblock, uint64_t data_block) {
+  TP_TRY(dev_state(dev));
+  if (data_block >= dsm_->nr_blocks()) {
+    return make_error(Errc::kCorruption, "data block beyond the pool", data_block);
+  }
+  TP_ASSIGN_OR_RETURN(uint32_t count, dsm_->get_count(data_block));
+  if (count != 0) return make_error(Errc::kCorruption, "data block is already in use", data_block);
+  TP_TRY(changed(dsm_->set_count(data_block, 1)));
+  return insert(dev, vblock, data_block);
+}
+
 Result<void> ThinMetadata::resize_data(uint64_t nr_data_blocks) {
   if (nr_data_blocks > kMaxDataBlock) {
     return make_error(Errc::kInvalidArgument, "too many data blocks for the format");
@@ -483,11 +495,12 @@ void ThinMetadata::end_commit(CommitTicket& t, bool written) {
     broken_ = true;
     return;
   }
+  sb_csum_ = t.tm.sb_csum;
   dsm_->on_commit();
 }
 
 void ThinMetadata::release_freed(const CommitTicket& t) {
-  for (uint64_t b : t.freed) dsm_->release_freed(b);
+  release_freed(t.freed);
 }
 
 }  // namespace tp::pdata

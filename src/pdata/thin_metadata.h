@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "io/block_device.h"
@@ -47,6 +48,8 @@ class ThinMetadata {
   ~ThinMetadata();
 
   const Superblock& superblock() const { return sb_; }
+  // The checksum field of the superblock on the device (as opened, or as last committed).
+  uint32_t superblock_csum() const { return sb_csum_; }
   uint32_t time() const { return sb_.time; }
   uint64_t trans_id() const { return sb_.trans_id; }
   void set_trans_id(uint64_t id) { sb_.trans_id = id; }
@@ -104,6 +107,18 @@ class ThinMetadata {
   // Maps vblock to a held block (its count becomes 1), as insert() does.
   Result<void> insert_held(uint64_t dev, uint64_t vblock, uint64_t data_block);
   void release_held(uint64_t b) { dsm_->release_held(b); }
+  // Maps vblock to a free data block (its count becomes 1), as insert() does; for replaying
+  // the journal. kCorruption when the block is not free.
+  Result<void> insert_free(uint64_t dev, uint64_t vblock, uint64_t data_block);
+  // Data blocks freed since the last cut (journal commits: the cut without a B-tree commit);
+  // hand them back with release_freed() once the change that freed them is durable.
+  std::vector<uint64_t> take_freed() { return std::exchange(freed_, {}); }
+  bool has_freed() const { return !freed_.empty(); }
+  void release_freed(std::span<const uint64_t> blocks) {
+    for (uint64_t b : blocks) dsm_->release_freed(b);
+  }
+  // Free, neither held nor waiting to be released (a block that may hold a hole).
+  bool data_block_idle(uint64_t b) { return dsm_->idle(b); }
   Result<uint32_t> data_ref_count(uint64_t b) { return dsm_->get_count(b); }
   Result<void> inc_data_block(uint64_t b) { return changed(dsm_->inc(b)); }
   Result<void> dec_data_block(uint64_t b);
@@ -186,6 +201,7 @@ class ThinMetadata {
   ValueType mapping_vt_;
   ValueType top_vt_;
   bool broken_ = false;
+  uint32_t sb_csum_ = 0;
 };
 
 }  // namespace tp::pdata

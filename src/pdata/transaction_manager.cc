@@ -44,12 +44,12 @@ Result<void> TransactionManager::commit(const Superblock& sb) {
 }
 
 Result<TransactionManager::Ticket> TransactionManager::begin_commit(const Superblock& sb) {
-  {
-    TP_ASSIGN_OR_RETURN(WriteRef w, bm_.write_lock_zero(kSuperblockLocation, kSuperblockValidator));
-    encode_superblock(sb, w.data());
-  }
   Ticket t;
-  t.superblock = bm_.pin_dirty(kSuperblockLocation, kSuperblockLocation);
+  t.superblock.assign(kBlockSize, std::byte{0});
+  Block b(t.superblock.data(), kBlockSize);
+  encode_superblock(sb, b);
+  kSuperblockValidator.prepare(b, kSuperblockLocation);
+  t.sb_csum = load_le32(t.superblock.data());
   t.blocks = bm_.pin_dirty(kSuperblockLocation + 1);
   // From here on every block of this transaction is committed state for the next one.
   new_blocks_.clear();
@@ -68,13 +68,12 @@ Result<void> TransactionManager::write_blocks(const Ticket& t) {
 }
 
 Result<void> TransactionManager::write_superblock(const Ticket& t) {
-  TP_TRY(bm_.write_pinned(t.superblock));
+  TP_TRY(bm_.write_through(kSuperblockLocation, t.superblock));
   return bm_.sync();
 }
 
 void TransactionManager::end_commit(Ticket& t, bool written) {
   bm_.unpin(t.blocks, written);
-  bm_.unpin(t.superblock, written);
   if (written) msm_.on_commit();
 }
 

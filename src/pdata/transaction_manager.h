@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <unordered_set>
 #include <utility>
+#include <vector>
 
 #include "pdata/block_manager.h"
 #include "pdata/space_map.h"
@@ -62,7 +63,10 @@ class TransactionManager {
   // At most one commit in flight. REQUIRES for begin_commit: as commit().
   struct Ticket {
     BlockManager::Pinned blocks;
-    BlockManager::Pinned superblock;
+    // The sealed superblock, kept out of the cache: an eviction must never write it before
+    // the blocks it names are synced.
+    std::vector<std::byte> superblock;
+    uint32_t sb_csum = 0;  // its checksum field
   };
   Result<Ticket> begin_commit(const Superblock& sb);
   Result<void> write_commit(const Ticket& t);

@@ -1,20 +1,33 @@
-// Commits, requests in flight and known holes (pool.h "Durability" and "Thread-safety").
+// Commits, the journal, requests in flight and known holes (pool.h "Durability" and
+// "Thread-safety").
 //
 // A commit runs in the thread that asked for it (flush, a volume operation, close), one at
-// a time (commit_mu_):
+// a time (commit_mu_), in one of two forms.
+//
+// A journal commit (requests changed mappings, nothing else changed):
+//   1. the cut, under mu_: the journal records since the last cut are taken, with the data
+//      blocks freed meanwhile; the request epoch turns; writers go on;
+//   2. with no lock: the data device's fdatasync on the syncer thread and, in parallel, the
+//      batch appended to the journal and synced. When a record depends on data that must be
+//      durable first (a copy-on-write, a block not known to be a durable hole), the batch is
+//      written after the data sync instead;
+//   3. requests of the epochs before the cut drain; freed blocks are punched;
+//   4. under mu_: freed blocks the last checkpoint does not reference become allocatable.
+// A checkpoint (volume operations, a journal full or older than kCheckpointInterval,
+// close, check, blocks that only a checkpoint releases):
 //   1. the cut, under mu_: the metadata transaction is sealed (ThinMetadata::begin_commit:
 //      space maps flushed, dirty blocks pinned, superblock encoded), the catalog is copied
-//      if it changed, the request epoch turns; writers go on into the next transaction;
-//   2. with no lock: the data device's fdatasync runs on the syncer thread while this
-//      thread appends the catalog generation (only if it changed; synced) and writes the
-//      metadata nodes and syncs them; when both are done, the superblock and a sync;
-//   3. requests of the epochs before the cut drain; the data blocks freed before the cut
-//      are punched (a hole reads as zeros, and gives the space back to the host filesystem);
-//   4. under mu_: the space maps learn the cut state is durable, the punched blocks become
-//      allocatable (and known holes), unshared_cut_ is forgotten.
+//      if it changed, pending journal records are dropped (the checkpoint holds them), the
+//      request epoch turns;
+//   2. with no lock: the data device's fdatasync on the syncer thread while this thread
+//      appends the catalog generation (only if it changed; synced) and writes the metadata
+//      nodes and syncs them; when both are done, the superblock and a sync;
+//   3. and 4. as above, and the space maps learn the cut state is durable; the journal
+//      starts over after the new checkpoint.
 // The data sync covers every write that completed before the cut; the metadata of the cut
 // maps only blocks whose data was written before it (pool.h), so the superblock never
-// names data that is not durable.
+// names data that is not durable; the journal does so only for blocks that read as zeros
+// if their data is lost, the content they had before.
 #include <algorithm>
 #include <thread>
 
@@ -82,10 +95,16 @@ Pool::~Pool() {
   if (lock_fd_ >= 0) ::close(lock_fd_);
 }
 
-void Pool::start() {
+Result<void> Pool::start() {
+  // Whatever the data file holds now (e.g. punches of a process that died) is durable from
+  // here on: the holes the scan finds are holes after a crash too.
+  TP_TRY(data_->flush());
   syncer_ = std::make_unique<Syncer>(*data_);
   hole_bits_.assign((md_->nr_data_blocks() + 63) / 64, 0);
+  punched_bits_.assign(hole_bits_.size(), 0);
   hole_scanned_.assign((md_->nr_data_blocks() + kHoleRegionBlocks - 1) / kHoleRegionBlocks, 0);
+  last_checkpoint_ = std::chrono::steady_clock::now();
+  return {};
 }
 
 // ------------------------------------------------------------------ requests in flight
@@ -146,45 +165,61 @@ bool Pool::known_hole_locked(uint64_t block) {
       auto data = data_->next_data(pos, end);
       if (!data.ok()) break;  // unknown: nothing is a known hole
       // [pos, *data) is a hole: the whole blocks inside it read as zeros.
-      for (uint64_t b = (pos + B - 1) / B; (b + 1) * B <= *data; b++) set_hole_locked(b, true);
+      for (uint64_t b = (pos + B - 1) / B; (b + 1) * B <= *data; b++) {
+        // A block punched by this process and not yet synced is not a durable hole yet.
+        if (!bit(punched_bits_, b)) set_hole_locked(b, true);
+      }
       if (*data >= end) break;
       auto hole = data_->next_hole(*data, end);
       if (!hole.ok()) break;
       pos = *hole;
     }
   }
-  return (hole_bits_[block / 64] >> (block % 64)) & 1;
+  return bit(hole_bits_, block);
 }
 
 void Pool::set_hole_locked(uint64_t block, bool hole) {
-  if (block / 64 >= hole_bits_.size()) return;
-  if (hole) {
-    hole_bits_[block / 64] |= uint64_t{1} << (block % 64);
-  } else {
-    hole_bits_[block / 64] &= ~(uint64_t{1} << (block % 64));
-  }
+  set_bit(hole_bits_, block, hole);
 }
 
 // ------------------------------------------------------------------ commits
 
+namespace {
+// A journal older than this is checkpointed at the next commit, so that the metadata file
+// alone is never far behind (and a replay stays short).
+constexpr std::chrono::seconds kCheckpointInterval{5};
+}  // namespace
+
 Result<void> Pool::flush() {
+  return commit(false);
+}
+
+Result<void> Pool::checkpoint() {
+  return commit(true);
+}
+
+Result<void> Pool::commit(bool checkpoint) {
   // Any cut made after this point covers the caller's completed writes.
   const uint64_t seen = cuts_.load(std::memory_order_acquire);
   std::lock_guard clk(commit_mu_);
-  if (cuts_.load(std::memory_order_acquire) > seen) {
+  if (!checkpoint && cuts_.load(std::memory_order_acquire) > seen) {
     // A commit cut after we arrived and has finished (we hold commit_mu_): it covers us. Its
     // result speaks for ours (a pool whose commit failed stays failed).
     return last_commit_;
   }
-  last_commit_ = commit_run();
+  last_commit_ = commit_run(checkpoint);
   return last_commit_;
 }
 
-Result<void> Pool::commit_run() {
+Result<void> Pool::commit_run(bool checkpoint) {
   pdata::ThinMetadata::CommitTicket ticket;
   std::optional<catalog::Catalog> catalog;
+  thread_local std::vector<JournalRecord> batch;
+  batch.clear();
+  std::vector<uint64_t> freed, promote;
   unsigned old_slot = 0;
-  bool metadata = false;
+  enum { kDataOnly, kJournal, kCheckpoint } kind = kDataOnly;
+  bool after_data = false;
   {
     std::unique_lock lk(mu_);
     cuts_.fetch_add(1, std::memory_order_acq_rel);
@@ -192,9 +227,23 @@ Result<void> Pool::commit_run() {
       note_state_locked();
       return make_error(Errc::kReadOnly, "pool is read-only after a failed update; reopen it");
     }
-    metadata = dirty_ || force_catalog_ || md_->data_sm().nr_pending_free() > 0 ||
-               !unshared_.empty();
-    if (metadata) {
+    const bool records = !records_.empty();
+    // Anything a checkpoint would change on disk (not just a data sync)?
+    const bool changed = dirty_ || force_catalog_ || records ||
+                         (journal_ && journal_->used_bytes() > 0) || md_->has_freed() ||
+                         md_->data_sm().nr_pending_free() > 0 || !unshared_.empty();
+    if ((checkpoint && changed) || dirty_ || force_catalog_ || (!journal_ && changed)) {
+      kind = kCheckpoint;
+    } else if (records) {
+      const bool full = !journal_->fits(records_.size()) ||
+                        journal_->used_bytes() + Journal::batch_bytes(records_.size()) >
+                            journal_->capacity_bytes() / 2;
+      const bool old = std::chrono::steady_clock::now() - last_checkpoint_ > kCheckpointInterval;
+      kind = full || old ? kCheckpoint : kJournal;
+    } else if (md_->has_freed() || !unshared_.empty()) {
+      kind = kJournal;  // releases frees, settles unshared blocks: nothing to append
+    }
+    if (kind == kCheckpoint) {
       const uint64_t next = md_->trans_id() + 1;
       md_->set_trans_id(next);
       if (force_catalog_ || !(cat_ == catfile_->current())) catalog = cat_;
@@ -205,49 +254,138 @@ Result<void> Pool::commit_run() {
         return t.error();
       }
       ticket = std::move(*t);
+      records_.clear();  // the checkpoint holds them
+      records_unsafe_ = false;
+      dirty_ = false;
+    } else if (kind == kJournal) {
+      batch.swap(records_);
+      after_data = records_unsafe_;
+      records_unsafe_ = false;
+      freed = md_->take_freed();
+    }
+    if (kind != kDataOnly) {
       old_slot = static_cast<unsigned>(epoch_ & 1);
       epoch_++;
       unshared_cut_ = std::move(unshared_);
       unshared_.clear();
-      dirty_ = false;
     }
+    promote.swap(punched_);
   }
   // Data first: every write acknowledged before the cut must be durable before the metadata
-  // that maps it. The sync overlaps the catalog and metadata node writes.
+  // that maps it. The sync overlaps the journal, catalog and metadata node writes.
   syncer_->start();
   Result<void> r;
-  if (metadata) {
+  if (kind == kCheckpoint) {
     if (catalog) r = catfile_->write(*catalog, ticket.trans_id);
     if (r.ok()) r = md_->write_blocks(ticket);
+    Result<void> data = syncer_->wait();
+    if (r.ok()) r = data;
+    if (r.ok()) r = md_->write_superblock(ticket);
+  } else if (kind == kJournal) {
+    r = journal_io(batch, after_data);
+  } else {
+    r = syncer_->wait();
   }
-  Result<void> data = syncer_->wait();
-  if (r.ok()) r = data;
-  if (metadata && r.ok()) r = md_->write_superblock(ticket);
   if (!r.ok()) {
     std::lock_guard lk(mu_);
-    if (metadata) md_->end_commit(ticket, false);
+    if (kind == kCheckpoint) md_->end_commit(ticket, false);
     failed_ = true;
     note_state_locked();
     return r;
   }
-  if (!metadata) return {};
+  if (kind == kCheckpoint) freed = ticket.freed;
   // Durable. Blocks freed before the cut: once no request that could still touch them is in
   // flight, punch them (a failure loses nothing: such a block is just not a known hole),
   // then let the allocator have them.
-  wait_drained(old_slot);
+  if (kind != kDataOnly) wait_drained(old_slot);
   thread_local std::vector<uint8_t> punched;
-  punched.assign(ticket.freed.size(), 0);
-  for (size_t i = 0; i < ticket.freed.size(); i++) {
-    punched[i] = data_->discard(ticket.freed[i] * block_bytes_, block_bytes_).ok();
+  punched.assign(freed.size(), 0);
+  for (size_t i = 0; i < freed.size(); i++) {
+    punched[i] = data_->discard(freed[i] * block_bytes_, block_bytes_).ok();
   }
   std::lock_guard lk(mu_);
-  md_->end_commit(ticket, true);
-  for (size_t i = 0; i < ticket.freed.size(); i++) set_hole_locked(ticket.freed[i], punched[i]);
-  md_->release_freed(ticket);
-  if (catalog) force_catalog_ = false;
+  if (kind == kCheckpoint) {
+    md_->end_commit(ticket, true);
+    if (journal_) journal_->reset(journal_base_locked());
+    last_checkpoint_ = std::chrono::steady_clock::now();
+    checkpoints_++;
+    if (catalog) force_catalog_ = false;
+  } else if (kind == kJournal) {
+    journal_commits_++;
+  }
+  // Punched before this commit's data sync began: durable holes now (unless handed out
+  // since, which cleared the punched bit).
+  for (uint64_t b : promote) {
+    if (bit(punched_bits_, b) && md_->data_block_idle(b)) set_hole_locked(b, true);
+    set_bit(punched_bits_, b, false);
+  }
+  for (size_t i = 0; i < freed.size(); i++) {
+    set_hole_locked(freed[i], false);
+    if (punched[i]) {
+      set_bit(punched_bits_, freed[i], true);
+      punched_.push_back(freed[i]);
+    }
+  }
+  md_->release_freed(freed);
   unshared_cut_.clear();
   note_state_locked();
   cv_.notify_all();
+  return {};
+}
+
+Result<void> Pool::journal_io(std::span<const JournalRecord> batch, bool after_data) {
+  if (batch.empty()) return syncer_->wait();
+  if (after_data) {
+    TP_TRY(syncer_->wait());
+    return journal_->append(batch);
+  }
+  Result<void> j = journal_->append(batch);
+  Result<void> data = syncer_->wait();
+  return j.ok() ? data : j;
+}
+
+Result<void> Pool::open_journal(const DeviceWrapper& wrap) {
+  const std::string path = dir_ + "/" + Journal::kFileName;
+  auto dev = io::open_file(path);
+  if (!dev.ok() && dev.error().code == Errc::kNotFound) {
+    // A pool made before the journal existed (or whose journal was removed): start one.
+    if (Journal::create_file(path, Journal::default_bytes(meta_dev_->size())).ok()) {
+      dev = io::open_file(path);
+    }
+  }
+  if (!dev.ok()) {
+    if (dev.error().code == Errc::kNotFound) return {};  // no journal: every commit checkpoints
+    return dev.error();
+  }
+  std::unique_ptr<io::BlockDevice> d = std::move(*dev);
+  if (wrap) d = wrap(std::move(d));
+  if (d->size() < Journal::kAlign) return {};  // unusable: no journal
+  journal_ = std::make_unique<Journal>(std::move(d));
+  auto apply = [&](const JournalRecord& r) -> Result<void> {
+    const catalog::VolumeRecord* v = cat_.find_dev(r.dev);
+    if (!v || !md_->device_exists(r.dev)) {
+      return make_error(Errc::kCorruption, "the journal names a thin device the pool does not have",
+                        r.dev);
+    }
+    if (r.kind == JournalRecord::kMap) {
+      TP_TRY(md_->insert_free(r.dev, r.vb, r.block));
+      if (r.flags & JournalRecord::kFromReserve) {
+        catalog::VolumeRecord* w = cat_.find(v->name);
+        if (w->reserve_blocks == 0) {
+          return make_error(Errc::kCorruption,
+                            "the journal draws on a reservation the catalog does not hold", r.dev);
+        }
+        w->reserve_blocks--;
+      }
+      return {};
+    }
+    TP_ASSIGN_OR_RETURN(bool removed, md_->remove(r.dev, r.vb));
+    if (!removed) {
+      return make_error(Errc::kCorruption, "the journal unmaps a block that is not mapped", r.vb);
+    }
+    return {};
+  };
+  TP_ASSIGN_OR_RETURN(replayed_, journal_->replay(journal_base_locked(), apply));
   return {};
 }
 
@@ -270,7 +408,7 @@ Result<void> Pool::close() {
     std::lock_guard lk(mu_);
     failed = failed_locked();
   }
-  if (!failed) r = flush();
+  if (!failed) r = checkpoint();  // the journal is empty after a clean close
   syncer_.reset();
   if (lock_fd_ >= 0) {
     ::close(lock_fd_);

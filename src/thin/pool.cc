@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <ctime>
+#include <random>
 
 #include "pdata/checker.h"
 
@@ -48,6 +49,16 @@ Result<int> take_lock(const std::string& dir) {
     (void)!::pwrite(fd, pid.data(), pid.size(), 0);
   }
   return fd;
+}
+
+// A pool's id (catalog settings.pool_id): random, 0 < id < 2^53.
+uint64_t new_pool_id() {
+  std::random_device rd;
+  uint64_t id = 0;
+  while (id == 0) {
+    id = ((uint64_t{rd()} << 32) | rd()) & ((uint64_t{1} << 53) - 1);
+  }
+  return id;
 }
 
 Result<void> validate_size(uint64_t size_bytes) {
@@ -109,7 +120,7 @@ Result<std::unique_ptr<Pool>> Pool::create(const std::string& dir, const PoolOpt
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return sys_error("create pool directory");
   }
-  for (const char* f : {kMetadataFile, kDataFile, kCatalogFile}) {
+  for (const char* f : {kMetadataFile, kDataFile, kCatalogFile, Journal::kFileName}) {
     if (exists(path_in(dir, f))) {
       return make_error(Errc::kExists, "directory already holds a pool");
     }
@@ -123,11 +134,14 @@ Result<std::unique_ptr<Pool>> Pool::create(const std::string& dir, const PoolOpt
   TP_ASSIGN_OR_RETURN(p->md_, pdata::ThinMetadata::format(*p->meta_dev_, bb / 512, nr_blocks));
   p->cat_.settings.block_bytes = bb;
   p->cat_.settings.data_bytes = nr_blocks * bb;
+  p->cat_.settings.pool_id = new_pool_id();
   TP_ASSIGN_OR_RETURN(
       catalog::CatalogFile cf,
       catalog::CatalogFile::create(path_in(dir, kCatalogFile), p->cat_, p->md_->trans_id()));
   p->catfile_ = std::make_unique<catalog::CatalogFile>(std::move(cf));
-  p->start();
+  TP_TRY(Journal::create_file(path_in(dir, Journal::kFileName), Journal::default_bytes(meta_bytes)));
+  TP_TRY(p->open_journal(nullptr));
+  TP_TRY(p->start());
   return p;
 }
 
@@ -137,7 +151,10 @@ Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir) {
 
 Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const DeviceWrapper& wrap,
                                          const DeviceWrapper& wrap_data) {
-  return open(dir, OpenOptions{wrap, wrap_data});
+  OpenOptions o;
+  o.wrap_metadata = wrap;
+  o.wrap_data = wrap_data;
+  return open(dir, o);
 }
 
 Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const OpenOptions& opts) {
@@ -181,9 +198,26 @@ Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const OpenOptio
   }
   p->low_ = true;  // a pool opened below the mark reports no new crossing
   p->force_catalog_ = p->catfile_->has_newer();
+  // A pool from before journals had ids: it gets one, written by a checkpoint before any
+  // journal batch can carry it (below).
+  const bool new_id = p->cat_.settings.pool_id == 0;
+  if (new_id) {
+    p->cat_.settings.pool_id = new_pool_id();
+    p->force_catalog_ = true;
+  }
+  // Mapping changes flushed after the last checkpoint (a pool that was not closed cleanly).
+  TP_TRY(p->open_journal(opts.wrap_journal));
   TP_TRY(p->recompute_all_g_locked());
-  p->start();
+  TP_TRY(p->start());
+  // A replayed journal stays: later batches follow it, the next checkpoint folds it in (open
+  // writes nothing, but for a pool that just got its id).
+  if (new_id) TP_TRY(p->checkpoint());
   return p;
+}
+
+uint64_t Pool::commit_id() {
+  std::lock_guard lk(mu_);
+  return (md_->trans_id() << 24) + (journal_ ? journal_->batches() : 0);
 }
 
 uint64_t Pool::metadata_writes() {
@@ -241,6 +275,15 @@ PoolInfo Pool::info() {
   i.volumes = cat_.volumes.size();
   i.data_file_allocated_bytes = data_->allocated_bytes();
   i.state = state_locked();
+  if (journal_) {
+    i.journal_bytes = journal_->capacity_bytes();
+    i.journal_used_bytes = journal_->used_bytes();
+    i.journal_batches = journal_->batches();
+  }
+  i.journal_replayed_batches = replayed_.batches;
+  i.journal_replayed_records = replayed_.records;
+  i.checkpoints = checkpoints_;
+  i.journal_commits = journal_commits_;
   return i;
 }
 
@@ -532,7 +575,8 @@ Result<void> Pool::idle_settled_locked(std::unique_lock<std::mutex>& lk, bool cl
     // (an allocation that still meets only pending blocks then fails cleanly).
     if (!need || round == 4) return {};
     lk.unlock();
-    Result<void> r = flush();
+    // Blocks the last checkpoint still references are released by a checkpoint only.
+    Result<void> r = checkpoint();
     lk.lock();
     TP_TRY(r);
     TP_TRY(live_locked());
@@ -661,7 +705,7 @@ Result<void> Pool::write_impl(uint64_t dev, uint64_t off, std::span<const std::b
           unshared = true;
           break;
         }
-        targets.push_back({vb, (*m)->data_block, Fill::kInPlace, kNoBlock, 0});
+        targets.push_back({vb, (*m)->data_block, Fill::kInPlace, kNoBlock, 0, true});
         continue;
       }
       if (md_->nr_free_metadata_blocks() < kMetadataSlice) {
@@ -683,9 +727,11 @@ Result<void> Pool::write_impl(uint64_t dev, uint64_t off, std::span<const std::b
       } else {
         fill = known_hole_locked(*nb) ? Fill::kHole : Fill::kZeroPad;
       }
+      const bool durable_hole = fill == Fill::kHole || (fill == Fill::kWhole && known_hole_locked(*nb));
       set_hole_locked(*nb, false);
+      set_bit(punched_bits_, *nb, false);
       targets.push_back({vb, *nb, fill, *m ? (*m)->data_block : kNoBlock,
-                         static_cast<uint8_t>(from)});
+                         static_cast<uint8_t>(from), durable_hole && !*m});
       allocating = true;
     }
     if (stop.ok()) {
@@ -710,7 +756,9 @@ Result<void> Pool::write_impl(uint64_t dev, uint64_t off, std::span<const std::b
     }
     if (commits >= 8) return make_error(Errc::kBusy, "block keeps waiting for a commit");
     lk.unlock();
-    TP_TRY(flush());
+    // Freed blocks the last checkpoint still references come back with a checkpoint only; a
+    // block unshared since is settled by any commit.
+    TP_TRY(unshared ? flush() : checkpoint());
     commits++;
   }
 
@@ -728,8 +776,14 @@ Result<void> Pool::write_impl(uint64_t dev, uint64_t off, std::span<const std::b
       if (res.ok() && ins.ok()) {
         ins = md_->insert_held(dev, t.vb, t.block);
         if (ins.ok() && t.old_block != kNoBlock) ins = release_shared_locked(dev, t.vb, t.old_block);
-        dirty_ = true;
-        if (ins.ok()) continue;
+        if (ins.ok()) {
+          const auto from = static_cast<DrawnFrom>(t.drawn);
+          journal_locked({JournalRecord::kMap,
+                          from == DrawnFrom::kReserve ? JournalRecord::kFromReserve : uint8_t{0},
+                          static_cast<uint32_t>(dev), t.vb, t.block},
+                         t.safe);
+          continue;
+        }
         if (!md_->broken()) {
           // Refused before anything changed (cannot happen for a held block; be safe).
           unallocate_locked(dev, t.block, static_cast<DrawnFrom>(t.drawn));
@@ -836,7 +890,7 @@ Result<void> Pool::unmap_locked(uint64_t dev, uint64_t vb_begin, uint64_t vb_end
   for (const Gone& x : vbs) {
     TP_TRY(md_->remove(dev, x.vb));
     back_to_g += !x.shared && x.guaranteed;
-    dirty_ = true;
+    journal_locked({JournalRecord::kUnmap, 0, static_cast<uint32_t>(dev), x.vb, 0}, true);
     if (x.shared) TP_TRY(release_shared_locked(dev, x.vb, x.block));
   }
   // A guaranteed block stays guaranteed: its freed block returns to R(v).
@@ -989,12 +1043,11 @@ Result<CheckResult> Pool::check(const std::string& metadata_copy) {
     }
   } resume{this};
   wait_idle_locked(lk);
-  if (dirty_ || md_->data_sm().nr_pending_free() > 0) {
-    lk.unlock();
-    last_commit_ = commit_run();
-    lk.lock();
-    TP_TRY(last_commit_);
-  }
+  // A checkpoint always: the metadata file then holds everything and the journal is empty.
+  lk.unlock();
+  last_commit_ = commit_run(true);
+  lk.lock();
+  TP_TRY(last_commit_);
   CheckResult res;
   TP_ASSIGN_OR_RETURN(auto rep, pdata::check_metadata(*md_));
   res.damage = std::move(rep.damage);

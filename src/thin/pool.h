@@ -1,6 +1,7 @@
 #pragma once
 // thin::Pool: a thin pool in a directory (SEMANTICS.md "Words"):
-//   metadata  dm-thin metadata (pdata::ThinMetadata)
+//   metadata  dm-thin metadata (pdata::ThinMetadata), as of the last checkpoint
+//   journal   mapping changes since that checkpoint (thin/journal.h)
 //   data      the data device: a sparse file of nr_blocks * block_bytes
 //   catalog   names, sizes, flags, lineage, guarantees (catalog::CatalogFile)
 //   lock      flock()ed exclusively by the process that has the pool open
@@ -11,11 +12,18 @@
 // whole blocks. A new block is never readable with stale bytes: it is punched before it
 // is mapped unless the write covers all of it.
 //
-// Durability (flush/commit): the cut (in memory, under the pool's mutex: the metadata
-// transaction is sealed and the next one begins), then, with no lock held, the data device's
-// fdatasync in parallel with the catalog generation (only when the catalog changed) and the
-// metadata nodes and their sync, then the superblock and its sync. See docs/SEMANTICS.md
-// "Durability and isolation" and docs/DESIGN.md "The I/O path and commits".
+// Durability (flush/commit), two kinds, both starting with a cut in memory under the pool's
+// mutex and doing their I/O with no lock held:
+//   - a journal commit (a FLUSH when only writes and trims changed mappings): the mapping
+//     changes since the last cut go to the journal as one batch, synced in parallel with
+//     the data device's fdatasync (or after it, when a change depends on data that must be
+//     durable first: a copy-on-write, a block not known to be a hole);
+//   - a checkpoint (volume operations, a full or old journal, close): the dm-thin
+//     transaction is sealed and the next one begins; the data device's fdatasync runs in
+//     parallel with the catalog generation (only when the catalog changed) and the metadata
+//     nodes and their sync, then the superblock and its sync; the journal starts over.
+// See docs/SEMANTICS.md "Durability and isolation" and docs/DESIGN.md "The I/O path and
+// commits".
 //
 // Thread-safety: every public method may be called from several threads. Metadata work is
 // serialised by one mutex, held only for in-memory work: never across data I/O or a sync.
@@ -34,6 +42,7 @@
 // Lock order: commit_mu_ before mu_.
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -49,6 +58,7 @@
 #include "catalog/catalog.h"
 #include "io/block_device.h"
 #include "pdata/thin_metadata.h"
+#include "thin/journal.h"
 
 namespace tp::thin {
 
@@ -107,6 +117,11 @@ struct PoolInfo {
   PoolState state = PoolState::kOk;
   uint64_t volumes = 0;
   uint64_t data_file_allocated_bytes = 0;  // host filesystem usage of the data file
+  // The metadata journal: size, bytes and batches since the last checkpoint, and what the
+  // last open replayed (a pool that was not closed cleanly).
+  uint64_t journal_bytes = 0, journal_used_bytes = 0, journal_batches = 0;
+  uint64_t journal_replayed_batches = 0, journal_replayed_records = 0;
+  uint64_t checkpoints = 0, journal_commits = 0;  // since open
 };
 
 struct VolumeInfo {
@@ -163,6 +178,7 @@ class Pool {
     // Unpinned metadata blocks kept in the cache. Tests use none so that
     // metadata reads in the middle of an operation reach the (fault-injecting) device.
     size_t metadata_cache_blocks = 4096;
+    DeviceWrapper wrap_journal = nullptr;
   };
   static Result<std::unique_ptr<Pool>> open(const std::string& dir, const OpenOptions& opts);
   ~Pool();
@@ -233,6 +249,9 @@ class Pool {
   // Makes every write that completed before the call durable: returns once a commit whose
   // cut came after the call has finished (commits requested meanwhile share one).
   Result<void> flush();
+  // The same, and the commit is a checkpoint: the dm-thin metadata on disk holds everything
+  // and the journal is empty.
+  Result<void> checkpoint();
 
   // Mapped/unmapped runs covering [off, off+len). O(mapped blocks in the range).
   Result<std::vector<Extent>> extents(uint64_t dev, uint64_t off, uint64_t len);
@@ -248,6 +267,11 @@ class Pool {
   // thin_check while the pool stays open and serving).
   Result<CheckResult> check(const std::string& metadata_copy = "");
 
+  // The durable state the last commit produced, as one increasing number: the checkpoint's
+  // transaction id and the journal batches after it ((trans_id << 24) + batches). After a
+  // crash, open() yields the id of the last commit that became durable.
+  uint64_t commit_id();
+
   // For tests and benchmarks.
   pdata::ThinMetadata& metadata() { return *md_; }
   io::BlockDevice& data_device() { return *data_; }
@@ -256,12 +280,29 @@ class Pool {
 private:
   Pool();  // (in commit.cc, where Syncer is complete)
   class Syncer;
-  // Finishes open/create: starts the data syncer.
-  void start();
+  // Finishes open/create: syncs the data device (holes seen from now on are durable) and
+  // starts the data syncer.
+  Result<void> start();
 
   // --- commits (commit.cc) ---
-  // Runs one commit. REQUIRES: commit_mu_ held, mu_ not held.
-  Result<void> commit_run();
+  // flush(), as a checkpoint when checkpoint is true.
+  Result<void> commit(bool checkpoint);
+  // Runs one commit (a journal commit when it can be one and checkpoint is false).
+  // REQUIRES: commit_mu_ held, mu_ not held.
+  Result<void> commit_run(bool checkpoint);
+  // The journal commit part of commit_run: after the cut, with no lock held.
+  Result<void> journal_io(std::span<const JournalRecord> batch, bool after_data);
+  // Opens (or creates) DIR/journal and replays it into the in-memory metadata.
+  Result<void> open_journal(const DeviceWrapper& wrap);
+  // The checkpoint on disk, as the journal names it.
+  Journal::Base journal_base_locked() const {
+    return {cat_.settings.pool_id, md_->trans_id(), md_->superblock_csum()};
+  }
+  // Journal record of a mapping change made by a request (under mu_).
+  void journal_locked(const JournalRecord& r, bool safe) {
+    records_.push_back(r);
+    if (!safe) records_unsafe_ = true;
+  }
   // Marks the transaction changed, reports space events, unlocks and commits (flush()).
   Result<void> commit_change(std::unique_lock<std::mutex>& lk) {
     dirty_ = true;
@@ -321,6 +362,17 @@ private:
   // --- data blocks known to read as zeros (holes in the data file) ---
   bool known_hole_locked(uint64_t block);
   void set_hole_locked(uint64_t block, bool hole);
+  static bool bit(const std::vector<uint64_t>& v, uint64_t b) {
+    return b / 64 < v.size() && ((v[b / 64] >> (b % 64)) & 1);
+  }
+  static void set_bit(std::vector<uint64_t>& v, uint64_t b, bool on) {
+    if (b / 64 >= v.size()) return;
+    if (on) {
+      v[b / 64] |= uint64_t{1} << (b % 64);
+    } else {
+      v[b / 64] &= ~(uint64_t{1} << (b % 64));
+    }
+  }
 
   // --- the I/O path (pool.cc) ---
   Result<const catalog::VolumeRecord*> record_locked(const std::string& name);
@@ -339,6 +391,9 @@ private:
     Fill fill;
     uint64_t old_block;  // kCopy, or a shared block replaced by kWhole
     uint8_t drawn;       // DrawnFrom of a new block
+    // The new mapping may reach the journal before the data: the block was a durable hole
+    // and the write replaces nothing (if the data is lost, it reads as the zeros it was).
+    bool safe;
   };
   static constexpr uint64_t kNoBlock = ~uint64_t{0};
   Result<void> write_targets(const std::vector<Target>& targets, uint64_t off,
@@ -409,7 +464,15 @@ private:
   // place before the next commit: after a crash the other volume's committed mapping would
   // show its bytes.
   std::unordered_set<uint64_t> unshared_, unshared_cut_;
-  bool dirty_ = false;  // uncommitted metadata changes
+  // Uncommitted changes a journal cannot carry (volume operations): the next commit is a
+  // checkpoint. Mapping changes of requests are journal records instead (records_).
+  bool dirty_ = false;
+  std::unique_ptr<Journal> journal_;  // null: every commit is a checkpoint
+  std::vector<JournalRecord> records_;  // since the last cut
+  bool records_unsafe_ = false;         // one of them must wait for the data sync
+  std::chrono::steady_clock::time_point last_checkpoint_;
+  Journal::Replayed replayed_;
+  uint64_t checkpoints_ = 0, journal_commits_ = 0;
   // The catalog file holds a record newer than the superblock (a commit that failed after
   // writing it): the next commit writes the catalog even if unchanged.
   bool force_catalog_ = false;
@@ -422,12 +485,15 @@ private:
   std::atomic<uint64_t> inflight_[2] = {0, 0};
   unsigned quiesce_ = 0;
   std::vector<PendingRange> pending_;
-  // Bit per data block: known to read as zeros (a hole). Scanned from the data device per
-  // region of kHoleRegionBlocks on first use; set when a freed block is punched; cleared
-  // when a block is allocated.
+  // Bit per data block: known to read as zeros and to stay so after a crash (a hole in the
+  // data file that a data sync has made durable). Scanned from the data device per region of
+  // kHoleRegionBlocks on first use (the data device is synced at open); cleared when a block
+  // is allocated or freed. punched_bits_: punched after being freed, not yet synced; they
+  // become hole_bits_ when the data sync of the next commit completes (punched_ lists them).
   static constexpr uint64_t kHoleRegionBlocks = 1 << 14;
-  std::vector<uint64_t> hole_bits_;
+  std::vector<uint64_t> hole_bits_, punched_bits_;
   std::vector<uint8_t> hole_scanned_;
+  std::vector<uint64_t> punched_;
   // Commits: one at a time; cuts_ counts cuts made (read without commit_mu_ by flush()).
   std::mutex commit_mu_;
   std::atomic<uint64_t> cuts_{0};

@@ -148,9 +148,8 @@ Result<uint64_t> Pool::allocate_locked(const VolumeRecord& rec, uint64_t vb, Dra
   }
   if (rec.reserve_blocks > 0) {
     TP_ASSIGN_OR_RETURN(uint64_t b, new_data_block_locked());
-    cat_.find(rec.name)->reserve_blocks--;
+    cat_.find(rec.name)->reserve_blocks--;  // journaled with the mapping (kFromReserve)
     reserved_--;
-    dirty_ = true;
     *from = DrawnFrom::kReserve;
     return b;
   }

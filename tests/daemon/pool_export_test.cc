@@ -210,14 +210,15 @@ TEST_F(PoolExportTest, DeltaStatusMarksWhatChangedSinceTheSnapshot) {
 TEST_F(PoolExportTest, FuaAndFlushCommit) {
   PoolCatalog cat(*pool, commit, {}, "");
   auto vol = open(cat, "vol");
-  uint64_t before = pool->info().trans_id;
+  // A commit: a journal batch (or a checkpoint) makes the write durable.
+  uint64_t before = pool->commit_id();
   std::vector<std::byte> d(B, std::byte{9});
   ASSERT_TRUE(vol->write(3 * B, d, true).ok());
-  EXPECT_GT(pool->info().trans_id, before);
+  EXPECT_GT(pool->commit_id(), before);
   ASSERT_TRUE(vol->write(4 * B, d, false).ok());
-  uint64_t mid = pool->info().trans_id;
+  uint64_t mid = pool->commit_id();
   ASSERT_TRUE(vol->flush().ok());
-  EXPECT_GT(pool->info().trans_id, mid);
+  EXPECT_GT(pool->commit_id(), mid);
 }
 
 }  // namespace

@@ -93,7 +93,7 @@ inline std::string image_of(const Vol& v) {
 
 // ------------------------------------------------------------------ recording devices
 
-enum class Dev : uint8_t { kData, kMeta };
+enum class Dev : uint8_t { kData, kMeta, kJournal };
 enum class Kind : uint8_t { kWrite, kZero, kFlush, kCatalog };
 
 struct Entry {
@@ -309,7 +309,7 @@ class Workload {
  private:
   uint64_t rnd(uint64_t n) { return n ? rng_() % n : 0; }
   bool chance(int pct) { return static_cast<int>(rnd(100)) < pct; }
-  uint64_t trans() { return p_.metadata().trans_id(); }
+  uint64_t trans() { return p_.commit_id(); }
   uint64_t dev(const std::string& n) { return *p_.dev_id(n); }
 
   std::vector<std::string> names(bool writable_only) {
@@ -716,11 +716,24 @@ inline std::string check_pool_content(Pool& pool, uint64_t t, const std::vector<
   } else {
     cands.push_back({&prev, {&prev, &O[i].after}});  // a commit inside a data op
   }
+  // A journal commit (commit ids not a multiple of 2^24: a batch after a checkpoint) in
+  // flight at the crash: its batch may be durable while some of the data it maps is not
+  // (pool.h: only blocks that then read as they did before the batch), so any sector may
+  // also hold a value of the states since the previous commit.
+  std::vector<const Model*> before_batch;
+  if (i >= 0 && i == last_op && (t & ((uint64_t{1} << 24) - 1)) != 0) {
+    // Back to the op that made the previous commit (the ops after it did not commit).
+    const uint64_t prev = i > 0 ? O[i - 1].trans_after : trans0;
+    int j = i - 1;
+    for (; j >= 0 && O[j].trans_after == prev; j--) before_batch.push_back(&O[j].after);
+    if (j < 0) before_batch.push_back(&init);
+  }
   std::string first_err;
   for (Candidate& c : cands) {
     for (int j = i + 1; j <= last_op && j < static_cast<int>(O.size()); j++) {
       if (is_data_op(O[j].kind)) c.versions.push_back(&O[j].after);
     }
+    c.versions.insert(c.versions.end(), before_batch.begin(), before_batch.end());
     std::string err = [&]() -> std::string {
       std::string ctx = " (transaction " + std::to_string(t) + ", op " + std::to_string(i) + " " +
                         (i >= 0 ? O[i].what : std::string("-")) + ")";

@@ -161,10 +161,10 @@ void fault_run(const Base& base, uint64_t seed, const testing::TempDir& tmp, Tal
     dev.set_fail_all(false, false);
     dev.fail_nth_read(0);
     dev.fail_nth_write(0);
-    uint64_t before_close = pool.metadata().trans_id();
+    uint64_t before_close = pool.commit_id();
     auto c = pool.close();
     ASSERT_TRUE(c.ok()) << where << ": close: " << c.error().to_string();
-    uint64_t after_close = pool.metadata().trans_id();
+    uint64_t after_close = pool.commit_id();
     if (after_close != before_close) {
       // What the close committed: the state after the last op (or, if it failed, what its
       // failure allows).
@@ -186,7 +186,7 @@ void fault_run(const Base& base, uint64_t seed, const testing::TempDir& tmp, Tal
   auto pr = Pool::open(dir, borrow(*mmem), borrow(*dmem));
   ASSERT_TRUE(pr.ok()) << where << ": reopen: " << pr.error().to_string();
   Pool& pool = **pr;
-  uint64_t t = pool.metadata().trans_id();
+  uint64_t t = pool.commit_id();
   // Nothing that returned is lost: every op before the failed one committed.
   size_t done = faulted ? ops.size() - 1 - (ops.back().what == "close") : ops.size();
   uint64_t t_min = done == 0 ? trans0 : ops[done - 1].trans_after;

@@ -42,7 +42,7 @@ constexpr uint64_t kMetaBytes = 2ull << 20;
 enum class Mode { kAll, kTorn, kSubset };
 
 struct Replay {
-  std::vector<std::byte> data0, meta0;
+  std::vector<std::byte> data0, meta0, jrn0;
   std::string cat0;
   const std::vector<Entry>* log = nullptr;
   const std::vector<OpRec>* ops = nullptr;
@@ -60,14 +60,16 @@ struct Replay {
 
   // One crash image: durable state + the chosen unflushed entries.
   void point(uint64_t p, Mode mode, const std::vector<std::byte>& dd,
-             const std::vector<std::byte>& dm, const std::vector<size_t>& pend_d,
-             const std::vector<size_t>& pend_m, const std::string& cat, const std::string& prev_cat,
-             std::mt19937_64& rng) {
+             const std::vector<std::byte>& dm, const std::vector<std::byte>& dj,
+             const std::vector<size_t>& pend_d, const std::vector<size_t>& pend_m,
+             const std::vector<size_t>& pend_j, const std::string& cat,
+             const std::string& prev_cat, std::mt19937_64& rng) {
     const auto& L = *log;
     std::string where =
         "crash point " + std::to_string(p) + " mode " + std::to_string(static_cast<int>(mode));
     auto data = mem_from(dd);
     auto meta = mem_from(dm);
+    auto jrn = mem_from(dj);
     std::string catalog = cat;
     // The torn entry, if any: the last one of the prefix.
     size_t torn = ~size_t{0};
@@ -88,6 +90,7 @@ struct Replay {
     };
     apply(pend_d, *data);
     apply(pend_m, *meta);
+    apply(pend_j, *jrn);
     if (torn != ~size_t{0} && L[torn].kind == Kind::kCatalog) {
       // A torn append: the old file plus part of the new record.
       uint64_t extra = L[torn].catalog.size() - prev_cat.size();
@@ -103,9 +106,9 @@ struct Replay {
     // Every op before the one that issued the last entry returned: its commits are durable.
     int last_op = p == 0 ? -1 : L[p - 1].op;
     uint64_t t_min = last_op <= 0 ? trans0 : (*ops)[last_op - 1].trans_after;
-    if (t_image < t_min) {
+    if ((t_image << 24) + ((1 << 24) - 1) < t_min) {
       return fail(where + ": image superblock at transaction " + std::to_string(t_image) +
-                  ", but transaction " + std::to_string(t_min) + " was committed");
+                  ", but commit " + std::to_string(t_min) + " had returned");
     }
     // Files of the scratch pool: the catalog, and the metadata image for thin_check.
     fs::remove(dir + "/catalog.tmp");
@@ -118,15 +121,23 @@ struct Replay {
       std::string tc = testing::thin_check(dir + "/metadata");
       if (!tc.empty()) return fail(where + ": " + tc);
     }
-    auto pr = Pool::open(
-        dir, [&](std::unique_ptr<io::BlockDevice>) { return std::move(meta); },
-        [&](std::unique_ptr<io::BlockDevice>) { return std::move(data); });
+    Pool::OpenOptions oo;
+    oo.wrap_metadata = [&](std::unique_ptr<io::BlockDevice>) { return std::move(meta); };
+    oo.wrap_data = [&](std::unique_ptr<io::BlockDevice>) { return std::move(data); };
+    oo.wrap_journal = [&](std::unique_ptr<io::BlockDevice>) { return std::move(jrn); };
+    auto pr = Pool::open(dir, oo);
     if (!pr.ok()) return fail(where + ": open failed: " + pr.error().to_string());
     Pool& pool = **pr;
-    uint64_t t = pool.metadata().trans_id();
-    if (t != t_image) {
-      return fail(where + ": opened at transaction " + std::to_string(t) + ", image holds " +
-                  std::to_string(t_image));
+    if (pool.metadata().trans_id() != t_image) {
+      return fail(where + ": opened at transaction " + std::to_string(pool.metadata().trans_id()) +
+                  ", image holds " + std::to_string(t_image));
+    }
+    // The checkpoint and the journal batches after it: no older than the last commit that
+    // returned.
+    uint64_t t = pool.commit_id();
+    if (t < t_min) {
+      return fail(where + ": opened at commit " + std::to_string(t) + ", but commit " +
+                  std::to_string(t_min) + " had returned");
     }
     check_content(pool, t, p, where);
     if (std::string e = probe_new_blocks(pool); !e.empty()) return fail(where + ": " + e);
@@ -140,14 +151,22 @@ struct Replay {
     // Data ops up to the one in progress at the crash may have written in place.
     int k = p < log->size() ? (*log)[p].op : static_cast<int>(ops->size()) - 1;
     std::string err = check_pool_content(pool, t, *ops, trans0, Model{}, k);
-    if (!err.empty()) fail(where + ": " + err);
+    if (!err.empty()) {
+      std::string ctx = " [k=" + std::to_string(k) + "; entries";
+      for (uint64_t q = p >= 4 ? p - 4 : 0; q < std::min<uint64_t>(p + 2, log->size()); q++) {
+        const Entry& e = (*log)[q];
+        ctx += std::string(q == p ? " |" : " ") + "op" + std::to_string(e.op) + ":" +
+               "dmjx"[static_cast<int>(e.dev)] + "WZFC"[static_cast<int>(e.kind)];
+      }
+      fail(where + ": " + err + ctx + "]");
+    }
   }
 
   // Walks the log; at each chosen prefix, runs the chosen modes.
   void run(uint64_t stride, std::mt19937_64& rng) {
     const auto& L = *log;
-    std::vector<std::byte> dd = data0, dm = meta0;
-    std::vector<size_t> pend_d, pend_m;
+    std::vector<std::byte> dd = data0, dm = meta0, dj = jrn0;
+    std::vector<size_t> pend_d, pend_m, pend_j;
     std::string cat = cat0, prev_cat = cat0;
     auto flush_into = [&](std::vector<size_t>& pend, std::vector<std::byte>& img) {
       for (size_t i : pend) {
@@ -163,8 +182,8 @@ struct Replay {
     uint64_t phase = rng() % stride;
     for (uint64_t p = 0; p <= L.size(); p++) {
       if (p % stride == phase || p == L.size()) {
-        point(p, Mode::kAll, dd, dm, pend_d, pend_m, cat, prev_cat, rng);
-        point(p, Mode::kSubset, dd, dm, pend_d, pend_m, cat, prev_cat, rng);
+        point(p, Mode::kAll, dd, dm, dj, pend_d, pend_m, pend_j, cat, prev_cat, rng);
+        point(p, Mode::kSubset, dd, dm, dj, pend_d, pend_m, pend_j, cat, prev_cat, rng);
         if (p > 0) {
           const Entry& e = L[p - 1];
           bool tearable = (e.kind == Kind::kWrite || e.kind == Kind::kZero) && e.len > kSector;
@@ -172,7 +191,9 @@ struct Replay {
               e.catalog.compare(0, prev_cat.size(), prev_cat) == 0) {
             tearable = true;
           }
-          if (tearable) point(p, Mode::kTorn, dd, dm, pend_d, pend_m, cat, prev_cat, rng);
+          if (tearable) {
+            point(p, Mode::kTorn, dd, dm, dj, pend_d, pend_m, pend_j, cat, prev_cat, rng);
+          }
         }
         if (::testing::Test::HasFatalFailure()) return;
       }
@@ -181,13 +202,15 @@ struct Replay {
       switch (e.kind) {
         case Kind::kWrite:
         case Kind::kZero:
-          (e.dev == Dev::kData ? pend_d : pend_m).push_back(p);
+          (e.dev == Dev::kData ? pend_d : e.dev == Dev::kMeta ? pend_m : pend_j).push_back(p);
           break;
         case Kind::kFlush:
           if (e.dev == Dev::kData) {
             flush_into(pend_d, dd);
-          } else {
+          } else if (e.dev == Dev::kMeta) {
             flush_into(pend_m, dm);
+          } else {
+            flush_into(pend_j, dj);
           }
           break;
         case Kind::kCatalog:
@@ -200,7 +223,7 @@ struct Replay {
 };
 
 struct Recording {
-  std::vector<std::byte> data0, meta0;
+  std::vector<std::byte> data0, meta0, jrn0;
   std::string cat0;
   std::unique_ptr<Recorder> rec;
   std::vector<OpRec> ops;
@@ -219,19 +242,23 @@ void record(uint64_t seed, int nr_ops, const testing::TempDir& tmp, Recording* o
   }
   out->data0 = file_bytes(dir + "/data");
   out->meta0 = file_bytes(dir + "/metadata");
+  out->jrn0 = file_bytes(dir + "/journal");
   out->cat0 = testing::read_file(dir + "/catalog");
   out->rec = std::make_unique<Recorder>(dir + "/catalog");
   out->rec->note_catalog();
   out->rec->log.clear();
   Recorder& rec = *out->rec;
-  auto p = Pool::open(
-      dir,
-      [&](std::unique_ptr<io::BlockDevice>) -> std::unique_ptr<io::BlockDevice> {
-        return std::make_unique<RecordingDevice>(mem_from(out->meta0), Dev::kMeta, rec);
-      },
-      [&](std::unique_ptr<io::BlockDevice>) -> std::unique_ptr<io::BlockDevice> {
-        return std::make_unique<RecordingDevice>(mem_from(out->data0), Dev::kData, rec);
-      });
+  Pool::OpenOptions oo;
+  oo.wrap_metadata = [&](std::unique_ptr<io::BlockDevice>) -> std::unique_ptr<io::BlockDevice> {
+    return std::make_unique<RecordingDevice>(mem_from(out->meta0), Dev::kMeta, rec);
+  };
+  oo.wrap_data = [&](std::unique_ptr<io::BlockDevice>) -> std::unique_ptr<io::BlockDevice> {
+    return std::make_unique<RecordingDevice>(mem_from(out->data0), Dev::kData, rec);
+  };
+  oo.wrap_journal = [&](std::unique_ptr<io::BlockDevice>) -> std::unique_ptr<io::BlockDevice> {
+    return std::make_unique<RecordingDevice>(mem_from(out->jrn0), Dev::kJournal, rec);
+  };
+  auto p = Pool::open(dir, oo);
   ASSERT_TRUE(p.ok()) << p.error().to_string();
   Workload wl(**p, seed, &rec, tmp.path());
   wl.run(nr_ops);
@@ -280,6 +307,7 @@ TEST(CrashReplay, EveryCrashPointOpensConsistent) {
     Replay r;
     r.data0 = std::move(recd.data0);
     r.meta0 = std::move(recd.meta0);
+    r.jrn0 = std::move(recd.jrn0);
     r.cat0 = recd.cat0;
     r.log = &log;
     r.ops = &recd.ops;
@@ -289,6 +317,7 @@ TEST(CrashReplay, EveryCrashPointOpensConsistent) {
     fs::create_directory(r.dir);
     testing::write_file(r.dir + "/data", "");
     testing::write_file(r.dir + "/metadata", "");
+    testing::write_file(r.dir + "/journal", "");
     r.thin_check_every = long_mode ? 10 : testing::effort() == testing::Effort::kQuick ? 20 : 5;
     uint64_t stride = long_mode || only ? 1 : std::max<uint64_t>(1, log.size() / target_prefixes);
     std::mt19937_64 rng(seed * 7919);
