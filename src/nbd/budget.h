@@ -31,6 +31,9 @@ class ByteBudget {
 
   // Blocks until `cost` bytes are granted (true), or until close() (false: nothing taken).
   bool acquire(uint64_t cost);
+  // acquire without the wait: true (granted) only when no one is waiting and cost fits now.
+  // False takes nothing (the session flushes the replies it holds, then acquire()s).
+  bool try_acquire(uint64_t cost);
   // Gives back what acquire granted.
   void release(uint64_t cost);
   // Wakes every waiter; acquire fails from now on. Releases still work.
