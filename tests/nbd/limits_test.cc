@@ -110,32 +110,37 @@ TEST(SharedBudget, BytesHeldOverAllConnectionsStayWithinTheBudget) {
   EXPECT_EQ(h.server.connections(), 0u);
 }
 
+// Sends stream from another thread while reading the replies to its n requests (READs
+// have cookies from 5000 and 4 KiB of data); returns how many came.
+int replies_while_sending(Client& c, std::span<const std::byte> stream, int n) {
+  std::thread sender([&] { send_all(c.fd(), stream); });
+  int replies = 0;
+  for (; replies < n; replies++) {
+    auto r = c.reply();
+    if (!r) break;
+    EXPECT_EQ(r->h.error, 0u);
+    if (r->h.cookie >= 5000) c.read_n(4096);
+  }
+  sender.join();
+  return replies;
+}
+
 // Small requests run on the reader and their replies wait to go out together: what those
 // replies hold counts against the budgets like anything else.
 TEST(SharedBudget, RequestsRunOnTheReaderKeepToTheBudgets) {
-  ServerOptions o;
-  o.max_inflight_bytes_total = 16 << 10;  // four 4 KiB buffers
-  Harness h(o);
-  auto d = std::make_shared<MemDisk>(kSize);
-  h.catalog.add("vol", d);
-  auto c = open_session(h);
-  constexpr int kWrites = 200;
+  constexpr int kWrites = 200, kReads = 100;
   auto stream = write_stream(kWrites, 4096);
-  for (int i = 0; i < 100; i++) {
+  for (int i = 0; i < kReads; i++) {
     auto r = wire::encode_request({0, kCmdRead, uint64_t(5000 + i), 0, 4096});
     stream.insert(stream.end(), r.begin(), r.end());
   }
-  std::thread sender([&] { send_all(c->fd(), stream); });
-  int replies = 0;
-  for (int i = 0; i < kWrites + 100; i++) {
-    auto r = c->reply();
-    if (!r) break;
-    EXPECT_EQ(r->h.error, 0u);
-    if (r->h.cookie >= 5000) c->read_n(4096);
-    replies++;
-  }
-  sender.join();
-  EXPECT_EQ(replies, kWrites + 100);
+  auto d = std::make_shared<MemDisk>(kSize);
+  ServerOptions o;
+  o.max_inflight_bytes_total = 16 << 10;  // four 4 KiB buffers
+  Harness h(o);
+  h.catalog.add("vol", d);
+  auto c = open_session(h);
+  EXPECT_EQ(replies_while_sending(*c, stream, kWrites + kReads), kWrites + kReads);
   EXPECT_EQ(d->writes.load(), kWrites);
   EXPECT_LE(h.server.budget().peak(), 16u << 10);
   // And the per-connection limits.
@@ -145,17 +150,7 @@ TEST(SharedBudget, RequestsRunOnTheReaderKeepToTheBudgets) {
   Harness hp(p);
   hp.catalog.add("vol", d);
   auto cp = open_session(hp);
-  std::thread sp([&] { send_all(cp->fd(), stream); });
-  replies = 0;
-  for (int i = 0; i < kWrites + 100; i++) {
-    auto r = cp->reply();
-    if (!r) break;
-    EXPECT_EQ(r->h.error, 0u);
-    if (r->h.cookie >= 5000) cp->read_n(4096);
-    replies++;
-  }
-  sp.join();
-  EXPECT_EQ(replies, kWrites + 100);
+  EXPECT_EQ(replies_while_sending(*cp, stream, kWrites + kReads), kWrites + kReads);
   EXPECT_LE(hp.server.budget().peak(), 8u << 10);
 }
 

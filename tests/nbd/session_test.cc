@@ -125,21 +125,15 @@ TEST_P(SessionTest, DfReadIsASingleDataChunk) {
   EXPECT_TRUE(std::equal(data.begin(), data.end(), got.begin() + 5000));
 }
 
-TEST_P(SessionTest, AStructuredReadIsOneReadSparseCall) {
+TEST_P(SessionTest, OnlyAStructuredReadWithoutDfCallsReadSparseOnce) {
   auto c = open();
-  auto data = pattern(4096, 13);
-  ASSERT_EQ(c->command(kCmdWrite, 4096, 4096, 0, data), 0u);
+  ASSERT_EQ(c->command(kCmdWrite, 4096, 4096, 0, pattern(4096, 13)), 0u);
   auto [got, types] = sread(*c, 0, 12288);
-  EXPECT_EQ(types, (std::vector<uint16_t>{kReplyTypeOffsetHole, kReplyTypeOffsetData,
-                                          kReplyTypeOffsetHole}));
-  EXPECT_TRUE(std::equal(data.begin(), data.end(), got.begin() + 4096));
+  EXPECT_EQ(types.size(), 3u);  // hole, data, hole
   EXPECT_EQ(disk->sparse_reads.load(), 1);
-  // Simple replies and DF need no status: a plain read.
-  auto [dgot, dtypes] = sread(*c, 0, 12288, kCmdFlagDf);
-  EXPECT_EQ(dtypes, std::vector<uint16_t>{kReplyTypeOffsetData});
-  EXPECT_EQ(dgot, got);
-  auto s = open("vol", false);
-  EXPECT_EQ(s->simple_read(4096, 4096).second, data);
+  // DF and simple replies need no status: a plain read.
+  EXPECT_EQ(sread(*c, 0, 12288, kCmdFlagDf).first, got);
+  EXPECT_EQ(open("vol", false)->simple_read(0, 12288).second, got);
   EXPECT_EQ(disk->sparse_reads.load(), 1);
 }
 
