@@ -10,7 +10,8 @@
 //   - waiters are served in arrival order (tickets), so a large request is not passed over
 //     forever by small ones that would fit;
 //   - holders never wait for budget: a worker runs its request and sends the reply (bounded
-//     by the target and by SessionOptions::send_timeout), then releases;
+//     by the target and by SessionOptions::send_timeout), then releases; a session's reader
+//     sends the replies it holds before it waits here (try_acquire first, session.h);
 //   - close() (Server::stop) wakes every waiter and fails every later acquire, so a reader
 //     waiting here never holds up a graceful stop.
 //
