@@ -1,6 +1,7 @@
 #include "daemon/pool_export.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "catalog/catalog.h"
 #include "nbd/protocol.h"
@@ -137,6 +138,24 @@ Result<std::vector<nbd::StatusExtent>> PoolTarget::block_status(uint64_t off, ui
     out.push_back({e.length, e.mapped ? 0u : nbd::kStateHole | nbd::kStateZero});
   }
   return out;
+}
+
+Result<void> PoolTarget::read_sparse(uint64_t off, std::span<std::byte> buf,
+                                     std::vector<nbd::StatusExtent>& extents) {
+  // TODO(thinpool dev): one Pool call that finds the mappings and reads in one walk; two
+  // walks and a vector per READ here. #12
+  extents.clear();
+  TP_ASSIGN_OR_RETURN(std::vector<thin::Extent> ext, pool_.extents(dev_, off, buf.size()));
+  bool mapped = false;
+  for (const thin::Extent& e : ext) {
+    extents.push_back({e.length, e.mapped ? 0u : nbd::kStateHole | nbd::kStateZero});
+    mapped = mapped || e.mapped;
+  }
+  if (!mapped) {
+    std::memset(buf.data(), 0, buf.size());
+    return {};
+  }
+  return pool_.read(dev_, off, buf);
 }
 
 std::vector<std::string> PoolTarget::delta_bases() {

@@ -80,6 +80,9 @@ class PoolTarget : public nbd::BlockTarget {
   Result<void> trim(uint64_t off, uint64_t len) override;
   Result<void> zero(uint64_t off, uint64_t len, bool no_hole) override;
   Result<std::vector<nbd::StatusExtent>> block_status(uint64_t off, uint64_t len) override;
+  // Pool::extents, then Pool::read unless the range is all unmapped (zeros).
+  Result<void> read_sparse(uint64_t off, std::span<std::byte> buf,
+                           std::vector<nbd::StatusExtent>& extents) override;
   std::vector<std::string> delta_bases() override;
   Result<std::vector<nbd::StatusExtent>> delta_status(const std::string& base, uint64_t off,
                                                       uint64_t len) override;

@@ -21,6 +21,15 @@ bool ByteBudget::acquire(uint64_t cost) {
   return true;
 }
 
+bool ByteBudget::try_acquire(uint64_t cost) {
+  std::lock_guard lk(mu_);
+  if (closed_ || serving_ != next_ticket_) return false;
+  if (in_use_ != 0 && (in_use_ > limit_ || cost > limit_ - in_use_)) return false;
+  in_use_ += cost;
+  peak_ = std::max(peak_, in_use_);
+  return true;
+}
+
 void ByteBudget::release(uint64_t cost) {
   std::lock_guard lk(mu_);
   in_use_ -= cost;

@@ -10,7 +10,8 @@
 //   - waiters are served in arrival order (tickets), so a large request is not passed over
 //     forever by small ones that would fit;
 //   - holders never wait for budget: a worker runs its request and sends the reply (bounded
-//     by the target and by SessionOptions::send_timeout), then releases;
+//     by the target and by SessionOptions::send_timeout), then releases; a session's reader
+//     sends the replies it holds before it waits here (try_acquire first, session.h);
 //   - close() (Server::stop) wakes every waiter and fails every later acquire, so a reader
 //     waiting here never holds up a graceful stop.
 //
@@ -31,6 +32,9 @@ class ByteBudget {
 
   // Blocks until `cost` bytes are granted (true), or until close() (false: nothing taken).
   bool acquire(uint64_t cost);
+  // acquire without the wait: true (granted) only when no one is waiting and cost fits now.
+  // False takes nothing (the session flushes the replies it holds, then acquire()s).
+  bool try_acquire(uint64_t cost);
   // Gives back what acquire granted.
   void release(uint64_t cost);
   // Wakes every waiter; acquire fails from now on. Releases still work.

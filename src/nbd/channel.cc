@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <vector>
 
 namespace tp::nbd {
 
@@ -74,15 +73,22 @@ Result<bool> SocketChannel::wait_readable(Clock::time_point deadline) {
 }
 
 Result<size_t> SocketChannel::read_some(std::span<std::byte> buf, Clock::time_point deadline) {
+  // With a deadline, try first and poll only when nothing is there: a client in the middle
+  // of a WRITE payload usually has the rest on the way, and a poll per read was a syscall
+  // per request.
+  const int flags = deadline == kNoDeadline ? 0 : MSG_DONTWAIT;
   for (;;) {
-    if (deadline != kNoDeadline) {
-      TP_ASSIGN_OR_RETURN(bool ready, wait_readable(deadline));
-      if (!ready) return Error{Errc::kIo, ETIMEDOUT, kNoAddr, kTimedOut};
-    }
-    ssize_t n = ::recv(fd_, buf.data(), buf.size(), 0);
+    ssize_t n = ::recv(fd_, buf.data(), buf.size(), flags);
     if (n > 0) return static_cast<size_t>(n);
     if (n == 0) return Error{Errc::kIo, 0, kNoAddr, kPeerClosed};
     if (errno == EINTR) continue;
+    if ((errno == EAGAIN || errno == EWOULDBLOCK) && flags != 0) {
+      // A deadline already past (TLS polls with "now") needs no poll to say so.
+      if (Clock::now() >= deadline) return Error{Errc::kIo, ETIMEDOUT, kNoAddr, kTimedOut};
+      TP_ASSIGN_OR_RETURN(bool ready, wait_readable(deadline));
+      if (!ready) return Error{Errc::kIo, ETIMEDOUT, kNoAddr, kTimedOut};
+      continue;
+    }
     if (errno == ECONNRESET || errno == EPIPE || errno == ENOTCONN) {
       return Error{Errc::kIo, errno, kNoAddr, kPeerClosed};
     }
@@ -91,16 +97,22 @@ Result<size_t> SocketChannel::read_some(std::span<std::byte> buf, Clock::time_po
 }
 
 Result<void> SocketChannel::write_all(std::span<const std::span<const std::byte>> pieces) {
-  std::vector<iovec> iov;
-  iov.reserve(pieces.size());
-  for (auto p : pieces) {
-    if (!p.empty()) iov.push_back({const_cast<std::byte*>(p.data()), p.size()});
-  }
-  size_t i = 0;
-  while (i < iov.size()) {
+  // The iovecs live on the stack, kMaxIov at a time: no allocation per reply.
+  constexpr size_t kMaxIov = 64;
+  size_t i = 0;     // the first piece not yet sent completely
+  size_t done = 0;  // bytes of pieces[i] already sent
+  for (;;) {
+    iovec iov[kMaxIov];
+    size_t n_iov = 0;
+    for (size_t j = i; j < pieces.size() && n_iov < kMaxIov; j++) {
+      const size_t skip = j == i ? done : 0;
+      if (pieces[j].size() == skip) continue;
+      iov[n_iov++] = {const_cast<std::byte*>(pieces[j].data() + skip), pieces[j].size() - skip};
+    }
+    if (n_iov == 0) return {};
     msghdr m{};
-    m.msg_iov = iov.data() + i;
-    m.msg_iovlen = std::min<size_t>(iov.size() - i, 1024);  // IOV_MAX
+    m.msg_iov = iov;
+    m.msg_iovlen = n_iov;
     ssize_t n = ::sendmsg(fd_, &m, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -111,14 +123,15 @@ Result<void> SocketChannel::write_all(std::span<const std::span<const std::byte>
         return Error{Errc::kIo, errno, kNoAddr, kPeerClosed};
       return sys_error("sendmsg");
     }
+    // Step over what went out (empty pieces included).
     auto left = static_cast<size_t>(n);
-    while (i < iov.size() && left >= iov[i].iov_len) left -= iov[i++].iov_len;
-    if (left > 0) {
-      iov[i].iov_base = static_cast<char*>(iov[i].iov_base) + left;
-      iov[i].iov_len -= left;
+    while (i < pieces.size() && left >= pieces[i].size() - done) {
+      left -= pieces[i].size() - done;
+      done = 0;
+      i++;
     }
+    done += left;
   }
-  return {};
 }
 
 void SocketChannel::set_send_timeout(std::chrono::milliseconds t) {

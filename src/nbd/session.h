@@ -1,24 +1,39 @@
 #pragma once
-// The transmission phase of one connection (doc/proto.md "Transmission"): a reader thread
-// decodes requests and checks them (wire::check_request), a few worker threads run them on
-// the BlockTarget in parallel, and replies go out whole under one write mutex, so chunks of
-// different requests never interleave inside a message.
+// The transmission phase of one connection (doc/proto.md "Transmission"). One reader thread
+// takes requests from the socket (several per recv, from an input buffer), checks them
+// (wire::check_request) and runs them; replies go out whole under one write mutex, so
+// chunks of different requests never interleave inside a message.
+//
+// Who runs a request: small READs and WRITEs (up to SessionOptions::inline_max_bytes, no
+// FUA) run on the reader itself, and the replies of a burst go out in one gathered write
+// before the reader waits for the client again: a page-cache hit costs less than a thread
+// handoff. Everything that may take long (FLUSH, FUA, TRIM, WRITE_ZEROES, BLOCK_STATUS,
+// larger requests) goes to worker threads (up to SessionOptions::workers, started when
+// first needed), so the reader keeps reading. When a small request on the reader turns out
+// slow (an I/O wait), small requests go to the workers too, where waits overlap, until
+// requests sampled on the reader are fast again. A request alone in flight always runs on
+// the reader (QD1: nothing to overlap with).
 //
 // Memory is bounded per connection and for the whole server: the reader waits before taking
 // a request whose READ or WRITE buffer would push the connection's bytes in flight past
 // max_inflight_bytes (one request of up to kMaxPayload is always allowed), or its request
 // count past max_inflight_requests; then it waits for the server-wide ByteBudget
-// (nbd/budget.h, ServerOptions::max_inflight_bytes_total) before it allocates the buffer.
-// A waiting reader never fails the request: the client's later requests wait in the
-// socket. Budget comes back once the reply is sent or the request has failed; a client
-// that stops reading its replies, or stops sending in the middle of a WRITE payload, is
-// dropped after send_timeout, so it cannot keep budget for ever.
+// (nbd/budget.h, ServerOptions::max_inflight_bytes_total) before it takes the buffer.
+// Buffers come from a per-connection BufferPool (nbd/buffer_pool.h) and are charged at
+// their allocated size (the length rounded up to a power of two, at least 4 KiB); freed
+// ones are kept for reuse up to buffer_cache_bytes, outside the budgets. A waiting reader
+// never fails the request: the client's later requests wait in the socket. Budget comes
+// back once the reply is sent or the request has failed; before the reader waits (for the
+// client or for budget) it sends the replies it holds, so it never waits for what it holds
+// itself. A client that stops reading its replies, or stops sending in the middle of a
+// WRITE payload, is dropped after send_timeout, so it cannot keep budget for ever.
 //
 // Replies: success of anything but READ and BLOCK_STATUS is a simple reply; READ is a
 // structured reply when negotiated (OFFSET_DATA for allocated ranges, OFFSET_HOLE for
-// unallocated ones, one OFFSET_DATA chunk with NBD_CMD_FLAG_DF); errors are an
-// NBD_REPLY_TYPE_ERROR chunk (with a message) when structured replies were negotiated, a
-// simple reply otherwise.
+// unallocated ones, from one BlockTarget::read_sparse call; one OFFSET_DATA chunk with
+// NBD_CMD_FLAG_DF); errors are an NBD_REPLY_TYPE_ERROR chunk (with a message) when
+// structured replies were negotiated, a simple reply otherwise. Replies may leave in any
+// order (the client matches cookies).
 
 #include <chrono>
 #include <cstdint>
@@ -30,7 +45,14 @@
 namespace tp::nbd {
 
 struct SessionOptions {
-  unsigned workers = 4;                       // request threads per connection
+  // Threads per connection that run requests besides the reader, started when first
+  // needed. They take what may block; while the target waits for I/O, more of them keep
+  // more reads in flight at the disk.
+  unsigned workers = 16;
+  // READs and WRITEs up to this many bytes may run on the reader thread (0: never).
+  uint32_t inline_max_bytes = 128u << 10;
+  // Freed READ/WRITE buffers kept for reuse by the connection (not counted in the budgets).
+  uint64_t buffer_cache_bytes = 4ull << 20;
   uint64_t max_inflight_bytes = 64ull << 20;  // READ/WRITE buffers held at once
   unsigned max_inflight_requests = 128;       // requests taken but not answered
   // A client that stops reading its replies (one blocked send), or sends nothing for this

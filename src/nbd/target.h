@@ -27,9 +27,10 @@ struct StatusExtent {
 // One open export. Created per connection (and per NBD_OPT_INFO); destroyed when the
 // connection ends.
 //
-// Thread-safety: the server calls read/write/trim/zero/flush/block_status/delta_status from
-// several worker threads of one connection at once, on overlapping ranges too (the client
-// orders its own requests); implementations must be safe for that. Several connections to
+// Thread-safety: the server calls read/read_sparse/write/trim/zero/flush/block_status/
+// delta_status from several threads of one connection at once (the reader and the worker
+// threads, session.h), on overlapping ranges too (the client orders its own requests);
+// implementations must be safe for that. Several connections to
 // the same export each have their own BlockTarget.
 //
 // Ranges: the server checks every request against size() before calling (off + len <=
@@ -66,6 +67,15 @@ class BlockTarget {
   // cover less than len (at least one byte) or more (the server trims). kUnsupported: the
   // server reports the range as allocated data.
   virtual Result<std::vector<StatusExtent>> block_status(uint64_t off, uint64_t len) = 0;
+  // A READ with structured replies in one call: fills buf with the bytes at [off, off +
+  // buf.size()) and sets extents (cleared first; the caller reuses it, so its capacity is
+  // kept) to the base:allocation runs from off, same rules as block_status. Every byte of a
+  // run flagged kStateZero is zero in buf. No extents (a target that cannot tell) means
+  // "all data". The default calls block_status then read, and skips read when the whole
+  // range is a zero hole; a failed or unsupported block_status is not an error (no
+  // extents). Targets that find mappings and data in one pass (thinpool) override it.
+  virtual Result<void> read_sparse(uint64_t off, std::span<std::byte> buf,
+                                   std::vector<StatusExtent>& extents);
 
   // thinpool:delta:<base>: names usable as <base> for this export (the other volumes).
   virtual std::vector<std::string> delta_bases() { return {}; }

@@ -211,11 +211,16 @@ class TlsChannel final : public Channel {
   }
   static ssize_t vec_push(gnutls_transport_ptr_t p, const giovec_t* iov, int iovcnt) {
     auto* self = static_cast<TlsChannel*>(p);
-    std::vector<std::span<const std::byte>> pieces;
-    pieces.reserve(static_cast<size_t>(iovcnt));
+    // GnuTLS pushes a record in a few pieces: on the stack, no allocation per record.
+    constexpr size_t kStackPieces = 16;
+    const size_t n = static_cast<size_t>(std::max(iovcnt, 0));
+    std::span<const std::byte> on_stack[kStackPieces];
+    std::vector<std::span<const std::byte>> on_heap(n > kStackPieces ? n : 0);
+    std::span<std::span<const std::byte>> pieces =
+        n > kStackPieces ? std::span(on_heap) : std::span(on_stack, n);
     size_t total = 0;
-    for (int i = 0; i < iovcnt; i++) {
-      pieces.emplace_back(static_cast<const std::byte*>(iov[i].iov_base), iov[i].iov_len);
+    for (size_t i = 0; i < n; i++) {
+      pieces[i] = {static_cast<const std::byte*>(iov[i].iov_base), iov[i].iov_len};
       total += iov[i].iov_len;
     }
     auto r = self->inner_.write_all(pieces);

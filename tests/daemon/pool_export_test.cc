@@ -173,6 +173,32 @@ TEST_F(PoolExportTest, BlockStatusShowsUnmappedBlocksAsZeroHoles) {
   EXPECT_EQ((*st)[1].flags, nbd::kStateHole | nbd::kStateZero);
 }
 
+TEST_F(PoolExportTest, ReadSparseReturnsTheDataAndZeroHolesInOneCall) {
+  PoolCatalog cat(*pool, commit, {}, "");
+  auto vol = open(cat, "vol");
+  // The last 4 KiB of the written first block, then 4 KiB of the unmapped second one.
+  std::vector<std::byte> buf(8192, std::byte{0xee});
+  std::vector<nbd::StatusExtent> ext{{1, 7}};  // stale content: cleared
+  ASSERT_TRUE(vol->read_sparse(B - 4096, buf, ext).ok());
+  ASSERT_EQ(ext.size(), 2u);
+  EXPECT_EQ(ext[0].length, 4096u);
+  EXPECT_EQ(ext[0].flags, 0u);
+  EXPECT_EQ(ext[1].length, 4096u);
+  EXPECT_EQ(ext[1].flags, nbd::kStateHole | nbd::kStateZero);
+  EXPECT_TRUE(std::all_of(buf.begin(), buf.begin() + 4096,
+                          [](std::byte b) { return b == std::byte{0x5a}; }));
+  EXPECT_TRUE(
+      std::all_of(buf.begin() + 4096, buf.end(), [](std::byte b) { return b == std::byte{0}; }));
+  // All unmapped: zeros, one hole.
+  std::fill(buf.begin(), buf.end(), std::byte{0xee});
+  ASSERT_TRUE(vol->read_sparse(3 * B, buf, ext).ok());
+  ASSERT_EQ(ext.size(), 1u);
+  EXPECT_EQ(ext[0].flags, nbd::kStateHole | nbd::kStateZero);
+  EXPECT_TRUE(std::all_of(buf.begin(), buf.end(), [](std::byte b) { return b == std::byte{0}; }));
+  // Past the end: the pool's error.
+  EXPECT_EQ(vol->read_sparse(vol->size() - 100, buf, ext).error().code, Errc::kInvalidArgument);
+}
+
 TEST_F(PoolExportTest, ZeroWithNoHoleProvisionsAndWithoutUnmaps) {
   PoolCatalog cat(*pool, commit, {}, "");
   auto vol = open(cat, "vol");

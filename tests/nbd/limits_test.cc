@@ -110,6 +110,50 @@ TEST(SharedBudget, BytesHeldOverAllConnectionsStayWithinTheBudget) {
   EXPECT_EQ(h.server.connections(), 0u);
 }
 
+// Sends stream from another thread while reading the replies to its n requests (READs
+// have cookies from 5000 and 4 KiB of data); returns how many came.
+int replies_while_sending(Client& c, std::span<const std::byte> stream, int n) {
+  std::thread sender([&] { send_all(c.fd(), stream); });
+  int replies = 0;
+  for (; replies < n; replies++) {
+    auto r = c.reply();
+    if (!r) break;
+    EXPECT_EQ(r->h.error, 0u);
+    if (r->h.cookie >= 5000) c.read_n(4096);
+  }
+  sender.join();
+  return replies;
+}
+
+// Small requests run on the reader and their replies wait to go out together: what those
+// replies hold counts against the budgets like anything else.
+TEST(SharedBudget, RequestsRunOnTheReaderKeepToTheBudgets) {
+  constexpr int kWrites = 200, kReads = 100;
+  auto stream = write_stream(kWrites, 4096);
+  for (int i = 0; i < kReads; i++) {
+    auto r = wire::encode_request({0, kCmdRead, uint64_t(5000 + i), 0, 4096});
+    stream.insert(stream.end(), r.begin(), r.end());
+  }
+  auto d = std::make_shared<MemDisk>(kSize);
+  ServerOptions o;
+  o.max_inflight_bytes_total = 16 << 10;  // four 4 KiB buffers
+  Harness h(o);
+  h.catalog.add("vol", d);
+  auto c = open_session(h);
+  EXPECT_EQ(replies_while_sending(*c, stream, kWrites + kReads), kWrites + kReads);
+  EXPECT_EQ(d->writes.load(), kWrites);
+  EXPECT_LE(h.server.budget().peak(), 16u << 10);
+  // And the per-connection limits.
+  ServerOptions p;
+  p.session.max_inflight_requests = 3;
+  p.session.max_inflight_bytes = 8 << 10;
+  Harness hp(p);
+  hp.catalog.add("vol", d);
+  auto cp = open_session(hp);
+  EXPECT_EQ(replies_while_sending(*cp, stream, kWrites + kReads), kWrites + kReads);
+  EXPECT_LE(hp.server.budget().peak(), 8u << 10);
+}
+
 TEST(SharedBudget, ARequestLargerThanTheWholeBudgetGoesThroughAlone) {
   ServerOptions o;
   o.max_inflight_bytes_total = 256 << 10;
@@ -227,6 +271,29 @@ TEST(ByteBudget, WaitersAreServedInOrderAndCloseWakesThem) {
   blocked.join();
   EXPECT_FALSE(b.acquire(0));
   b.release(100);
+  EXPECT_EQ(b.in_use(), 0u);
+}
+
+TEST(ByteBudget, TryAcquireTakesWhatFitsAndNeverPassesAWaiter) {
+  ByteBudget b(100);
+  EXPECT_TRUE(b.try_acquire(60));
+  EXPECT_FALSE(b.try_acquire(50));  // does not fit
+  EXPECT_TRUE(b.try_acquire(40));
+  b.release(40);
+  std::thread big([&] {
+    EXPECT_TRUE(b.acquire(80));
+    b.release(80);
+  });
+  EXPECT_TRUE(eventually([&] { return b.waiters() == 1; }));
+  EXPECT_FALSE(b.try_acquire(10));  // fits, but the 80 came first
+  b.release(60);
+  big.join();
+  EXPECT_TRUE(b.try_acquire(500));  // more than the limit, with nothing in use: alone
+  EXPECT_FALSE(b.try_acquire(1));
+  b.release(500);
+  EXPECT_EQ(b.peak(), 500u);
+  b.close();
+  EXPECT_FALSE(b.try_acquire(1));
   EXPECT_EQ(b.in_use(), 0u);
 }
 

@@ -51,7 +51,10 @@ struct MemDisk {
   std::atomic<int> flushes{0};
   std::atomic<int> writes{0};
   std::atomic<int> fua_writes{0};
-  std::atomic<int> provisions{0};  // zero() with no_hole
+  std::atomic<int> provisions{0};    // zero() with no_hole
+  std::atomic<int> reads{0};         // read() calls
+  std::atomic<int> status_calls{0};  // block_status() calls
+  std::atomic<int> sparse_reads{0};  // read_sparse() calls (the default: block_status + read)
   // A gate: when closed, reads (and writes too with gate_writes) block until it opens
   // (tests of in-flight requests).
   bool gate_closed = false;
@@ -74,6 +77,7 @@ class MemTarget : public BlockTarget {
   uint32_t preferred_block_size() const override { return 65536; }
 
   Result<void> read(uint64_t off, std::span<std::byte> buf) override {
+    d_->reads++;
     std::unique_lock lk(d_->mu);
     if (d_->gate_closed) {
       d_->waiting++;
@@ -124,9 +128,16 @@ class MemTarget : public BlockTarget {
     return {};
   }
   Result<std::vector<StatusExtent>> block_status(uint64_t off, uint64_t len) override {
+    d_->status_calls++;
     std::lock_guard lk(d_->mu);
     TP_TRY(check(off, len));
     return runs(d_->mapped, off, len, 0, kStateHole | kStateZero);
+  }
+  // Counted, then BlockTarget's default (block_status + read).
+  Result<void> read_sparse(uint64_t off, std::span<std::byte> buf,
+                           std::vector<StatusExtent>& extents) override {
+    d_->sparse_reads++;
+    return BlockTarget::read_sparse(off, buf, extents);
   }
   std::vector<std::string> delta_bases() override { return {"base"}; }
   Result<std::vector<StatusExtent>> delta_status(const std::string& base, uint64_t off,

@@ -30,8 +30,21 @@ std::vector<std::byte> pattern(size_t n, int seed) {
   return v;
 }
 
-class SessionTest : public ::testing::Test {
+// Every test runs twice: with small READs and WRITEs on the reader thread (the default),
+// and with every request on the workers (inline_max_bytes = 0).
+class SessionTest : public ::testing::TestWithParam<bool> {
  protected:
+  static bool on_reader() { return GetParam(); }
+  static SessionOptions session_options() {
+    SessionOptions so;
+    if (!on_reader()) so.inline_max_bytes = 0;
+    return so;
+  }
+  static ServerOptions server_options() {
+    ServerOptions o;
+    o.session = session_options();
+    return o;
+  }
   SessionTest() {
     h.catalog.add("vol", disk);
     h.catalog.add("snap", ro);
@@ -67,10 +80,15 @@ class SessionTest : public ::testing::Test {
   }
   std::shared_ptr<MemDisk> disk = std::make_shared<MemDisk>(kSize);
   std::shared_ptr<MemDisk> ro = std::make_shared<MemDisk>(kSize, true);
-  Harness h;
+  Harness h{server_options()};
 };
 
-TEST_F(SessionTest, WriteThenReadWithSimpleReplies) {
+INSTANTIATE_TEST_SUITE_P(Paths, SessionTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) {
+                           return i.param ? "OnTheReader" : "OnWorkers";
+                         });
+
+TEST_P(SessionTest, WriteThenReadWithSimpleReplies) {
   auto c = open("vol", false);
   auto data = pattern(10000, 1);
   EXPECT_EQ(c->command(kCmdWrite, 1234, 10000, 0, data), 0u);
@@ -79,7 +97,7 @@ TEST_F(SessionTest, WriteThenReadWithSimpleReplies) {
   EXPECT_EQ(got, data);
 }
 
-TEST_F(SessionTest, StructuredReadSendsHolesForUnallocatedRanges) {
+TEST_P(SessionTest, StructuredReadSendsHolesForUnallocatedRanges) {
   auto c = open();
   auto data = pattern(4096, 2);
   ASSERT_EQ(c->command(kCmdWrite, 8192, 4096, 0, data), 0u);
@@ -91,14 +109,14 @@ TEST_F(SessionTest, StructuredReadSendsHolesForUnallocatedRanges) {
   EXPECT_EQ(got, want);
 }
 
-TEST_F(SessionTest, StructuredReadOfAHoleIsOneHoleChunk) {
+TEST_P(SessionTest, StructuredReadOfAHoleIsOneHoleChunk) {
   auto c = open();
   auto [got, types] = sread(*c, 100, 5000);
   EXPECT_EQ(types, std::vector<uint16_t>{kReplyTypeOffsetHole});
   EXPECT_EQ(got, std::vector<std::byte>(5000));
 }
 
-TEST_F(SessionTest, DfReadIsASingleDataChunk) {
+TEST_P(SessionTest, DfReadIsASingleDataChunk) {
   auto c = open();
   auto data = pattern(100, 3);
   ASSERT_EQ(c->command(kCmdWrite, 5000, 100, 0, data), 0u);
@@ -107,7 +125,85 @@ TEST_F(SessionTest, DfReadIsASingleDataChunk) {
   EXPECT_TRUE(std::equal(data.begin(), data.end(), got.begin() + 5000));
 }
 
-TEST_F(SessionTest, ReadOnlyExportRefusesWritesTrimsAndZeroesWithEperm) {
+TEST_P(SessionTest, OnlyAStructuredReadWithoutDfCallsReadSparseOnce) {
+  auto c = open();
+  ASSERT_EQ(c->command(kCmdWrite, 4096, 4096, 0, pattern(4096, 13)), 0u);
+  auto [got, types] = sread(*c, 0, 12288);
+  EXPECT_EQ(types.size(), 3u);  // hole, data, hole
+  EXPECT_EQ(disk->sparse_reads.load(), 1);
+  // DF and simple replies need no status: a plain read.
+  EXPECT_EQ(sread(*c, 0, 12288, kCmdFlagDf).first, got);
+  EXPECT_EQ(open("vol", false)->simple_read(0, 12288).second, got);
+  EXPECT_EQ(disk->sparse_reads.load(), 1);
+}
+
+// Buffers are reused by size class: a READ gets the buffer an earlier request of its class
+// left behind, full of that request's bytes; only the target's bytes may reach the client.
+TEST_P(SessionTest, AReusedBufferNeverShowsAnEarlierRequestsBytes) {
+  auto s = open("vol", false);  // simple replies: the whole buffer is sent
+  auto big = pattern(8192, 14);
+  ASSERT_EQ(s->command(kCmdWrite, 0, 8192, 0, big), 0u);
+  auto [err, zeros] = s->simple_read(100000, 6000);  // same class, never written
+  EXPECT_EQ(err, 0u);
+  EXPECT_EQ(zeros, std::vector<std::byte>(6000));
+  auto small = pattern(5000, 15);
+  ASSERT_EQ(s->command(kCmdWrite, 200000, 5000, 0, small), 0u);
+  EXPECT_EQ(s->simple_read(200000, 5000).second, small);
+  EXPECT_EQ(s->command(kCmdFlush, 0, 0), 0u);  // parses: exactly the bytes asked for were sent
+
+  auto c = open();
+  ASSERT_EQ(c->command(kCmdWrite, 0, 8192, 0, big), 0u);
+  auto [got, types] = sread(*c, 3996, 8000);  // data up to 8192, then a hole
+  EXPECT_EQ(types, (std::vector<uint16_t>{kReplyTypeOffsetData, kReplyTypeOffsetHole}));
+  std::vector<std::byte> want(8000);
+  std::copy(big.begin() + 3996, big.end(), want.begin());
+  EXPECT_EQ(got, want);
+}
+
+// Many requests in one burst: the replies (gathered into few writes when the reader runs
+// them) each carry their own request's data, whole.
+TEST_P(SessionTest, PipelinedReadsEachGetTheirOwnData) {
+  constexpr int kN = 100;
+  auto len = [](int i) { return uint32_t(512 + 97 * i); };  // 512 .. 10115 bytes
+  for (bool structured : {false, true}) {
+    auto c = open("vol", structured);
+    const uint64_t base = structured ? 0 : 8192;
+    for (int i = 0; i < kN; i++) {
+      c->request(kCmdWrite, base + i * 10240u, len(i), 0, 1000 + i, pattern(len(i), i));
+    }
+    for (int i = 0; i < kN; i++) {
+      auto r = c->reply();
+      ASSERT_TRUE(r);
+      ASSERT_EQ(Client::error_of(*r), 0u);
+    }
+    for (int i = 0; i < kN; i++) c->request(kCmdRead, base + i * 10240u, len(i), 0, 2000 + i);
+    std::set<uint64_t> seen;
+    for (int n = 0; n < kN; n++) {
+      std::vector<std::byte> got;
+      uint64_t cookie = 0;
+      if (!structured) {
+        auto r = c->reply();
+        ASSERT_TRUE(r);
+        ASSERT_EQ(r->h.error, 0u);
+        cookie = r->h.cookie;
+        ASSERT_TRUE(cookie >= 2000 && cookie < 2000 + kN);
+        got = c->read_n(len(int(cookie - 2000)));
+      } else {
+        for (auto& r : c->chunks()) {
+          ASSERT_EQ(r.h.type, kReplyTypeOffsetData);
+          cookie = r.h.cookie;
+          got.insert(got.end(), r.payload.begin() + 8, r.payload.end());
+        }
+      }
+      const int i = int(cookie - 2000);
+      EXPECT_TRUE(seen.insert(cookie).second);
+      EXPECT_EQ(got, pattern(len(i), i)) << "cookie " << cookie;
+    }
+    EXPECT_EQ(seen.size(), size_t{kN});
+  }
+}
+
+TEST_P(SessionTest, ReadOnlyExportRefusesWritesTrimsAndZeroesWithEperm) {
   auto c = open("snap");
   auto data = pattern(512, 4);
   EXPECT_EQ(c->command(kCmdWrite, 0, 512, 0, data), kEPerm);
@@ -117,7 +213,7 @@ TEST_F(SessionTest, ReadOnlyExportRefusesWritesTrimsAndZeroesWithEperm) {
   EXPECT_EQ(ro->writes.load(), 0);
 }
 
-TEST_F(SessionTest, RequestsPastTheEndAreEinvalAndTheSessionGoesOn) {
+TEST_P(SessionTest, RequestsPastTheEndAreEinvalAndTheSessionGoesOn) {
   auto c = open("vol", false);
   EXPECT_EQ(c->simple_read(kSize - 1, 2).first, kEInval);
   auto data = pattern(4096, 5);
@@ -126,7 +222,7 @@ TEST_F(SessionTest, RequestsPastTheEndAreEinvalAndTheSessionGoesOn) {
   EXPECT_EQ(c->simple_read(kSize - 1, 1).first, 0u);
 }
 
-TEST_F(SessionTest, StructuredErrorsCarryAMessage) {
+TEST_P(SessionTest, StructuredErrorsCarryAMessage) {
   auto c = open();
   c->request(kCmdRead, kSize, 1, 0, 5);
   auto r = c->chunks();
@@ -137,7 +233,7 @@ TEST_F(SessionTest, StructuredErrorsCarryAMessage) {
   EXPECT_GT(wire::load_be16(r[0].payload.data() + 4), 0u);
 }
 
-TEST_F(SessionTest, TargetErrorsReachTheClientAsNbdErrors) {
+TEST_P(SessionTest, TargetErrorsReachTheClientAsNbdErrors) {
   auto c = open();
   auto data = pattern(512, 6);
   disk->fail_next = Errc::kNoSpace;
@@ -152,7 +248,7 @@ TEST_F(SessionTest, TargetErrorsReachTheClientAsNbdErrors) {
   EXPECT_EQ(c->command(kCmdWrite, 0, 512, 0, data), 0u);
 }
 
-TEST_F(SessionTest, SimpleReadErrorHasNoPayload) {
+TEST_P(SessionTest, SimpleReadErrorHasNoPayload) {
   auto c = open("vol", false);
   disk->fail_next = Errc::kIo;
   EXPECT_EQ(c->simple_read(0, 4096).first, kEIo);
@@ -160,7 +256,7 @@ TEST_F(SessionTest, SimpleReadErrorHasNoPayload) {
   EXPECT_EQ(c->command(kCmdFlush, 0, 0), 0u);
 }
 
-TEST_F(SessionTest, BadFlagsAndUnknownCommandsAreEinval) {
+TEST_P(SessionTest, BadFlagsAndUnknownCommandsAreEinval) {
   auto c = open();
   EXPECT_EQ(c->command(kCmdTrim, 0, 4096, kCmdFlagNoHole), kEInval);
   EXPECT_EQ(c->command(kCmdWriteZeroes, 0, 4096, kCmdFlagFastZero), kEInval);
@@ -169,7 +265,7 @@ TEST_F(SessionTest, BadFlagsAndUnknownCommandsAreEinval) {
   EXPECT_EQ(c->command(kCmdFlush, 0, 0), 0u);
 }
 
-TEST_F(SessionTest, FlushAndFuaReachTheTarget) {
+TEST_P(SessionTest, FlushAndFuaReachTheTarget) {
   auto c = open();
   EXPECT_EQ(c->command(kCmdFlush, 0, 0), 0u);
   EXPECT_EQ(disk->flushes.load(), 1);
@@ -180,7 +276,7 @@ TEST_F(SessionTest, FlushAndFuaReachTheTarget) {
   EXPECT_EQ(disk->flushes.load(), 2);
 }
 
-TEST_F(SessionTest, TrimAndWriteZeroesUnmapButNoHoleProvisions) {
+TEST_P(SessionTest, TrimAndWriteZeroesUnmapButNoHoleProvisions) {
   auto c = open();
   auto data = pattern(16384, 8);
   ASSERT_EQ(c->command(kCmdWrite, 0, 16384, 0, data), 0u);
@@ -198,7 +294,7 @@ TEST_F(SessionTest, TrimAndWriteZeroesUnmapButNoHoleProvisions) {
   EXPECT_TRUE(std::equal(got.begin() + 8192, got.end(), data.begin() + 12288));
 }
 
-TEST_F(SessionTest, CacheIsAcceptedAsANoOp) {
+TEST_P(SessionTest, CacheIsAcceptedAsANoOp) {
   auto c = open();
   EXPECT_EQ(c->command(kCmdCache, 0, 65536), 0u);
 }
@@ -223,7 +319,7 @@ std::map<uint32_t, std::vector<Desc>> block_status(Client& c, uint64_t off, uint
   return out;
 }
 
-TEST_F(SessionTest, BlockStatusReportsHolesAndData) {
+TEST_P(SessionTest, BlockStatusReportsHolesAndData) {
   auto c = open();
   auto data = pattern(8192, 9);
   ASSERT_EQ(c->command(kCmdWrite, 8192, 8192, 0, data), 0u);
@@ -241,7 +337,7 @@ TEST_F(SessionTest, BlockStatusReportsHolesAndData) {
   EXPECT_EQ(part.at(id), (std::vector<Desc>{{8092, kStateHole | kStateZero}, {108, 0}}));
 }
 
-TEST_F(SessionTest, DeltaContextFlagsChangedRanges) {
+TEST_P(SessionTest, DeltaContextFlagsChangedRanges) {
   auto c = open("vol", true, {"base:allocation", "thinpool:delta:base"});
   auto data = pattern(4096, 10);
   ASSERT_EQ(c->command(kCmdWrite, 4096, 4096, 0, data), 0u);
@@ -252,14 +348,14 @@ TEST_F(SessionTest, DeltaContextFlagsChangedRanges) {
   EXPECT_EQ(bs.at(c->context_ids.at("base:allocation")).size(), 3u);
 }
 
-TEST_F(SessionTest, BlockStatusWithoutContextsIsEinval) {
+TEST_P(SessionTest, BlockStatusWithoutContextsIsEinval) {
   auto c = open("vol", true, {});
   EXPECT_EQ(c->command(kCmdBlockStatus, 0, 4096), kEInval);
   auto d = open("vol", false);
   EXPECT_EQ(d->command(kCmdBlockStatus, 0, 4096), kEInval);
 }
 
-TEST_F(SessionTest, OversizedWriteIsRefusedAndSkipped) {
+TEST_P(SessionTest, OversizedWriteIsRefusedAndSkipped) {
   auto c = open();
   std::vector<std::byte> big(kMaxPayload + 1);
   EXPECT_EQ(c->command(kCmdWrite, 0, kMaxPayload + 1, 0, big), kEOverflow);
@@ -267,13 +363,13 @@ TEST_F(SessionTest, OversizedWriteIsRefusedAndSkipped) {
   EXPECT_EQ(disk->writes.load(), 0);
 }
 
-TEST_F(SessionTest, OversizedReadIsRefused) {
+TEST_P(SessionTest, OversizedReadIsRefused) {
   auto c = open();
   EXPECT_EQ(c->command(kCmdRead, 0, kMaxPayload + 1), kEOverflow);
   EXPECT_EQ(c->command(kCmdFlush, 0, 0), 0u);
 }
 
-TEST_F(SessionTest, WriteTooLargeToSkipDropsOnlyThatConnection) {
+TEST_P(SessionTest, WriteTooLargeToSkipDropsOnlyThatConnection) {
   auto other = open();
   auto c = open();
   c->request(kCmdWrite, 0, kMaxSkippedPayload + 1);
@@ -281,7 +377,7 @@ TEST_F(SessionTest, WriteTooLargeToSkipDropsOnlyThatConnection) {
   EXPECT_EQ(other->command(kCmdFlush, 0, 0), 0u);
 }
 
-TEST_F(SessionTest, BadRequestMagicDropsOnlyThatConnection) {
+TEST_P(SessionTest, BadRequestMagicDropsOnlyThatConnection) {
   auto other = open();
   auto c = open();
   auto req = wire::encode_request({0, kCmdFlush, 1, 0, 0});
@@ -291,7 +387,7 @@ TEST_F(SessionTest, BadRequestMagicDropsOnlyThatConnection) {
   EXPECT_EQ(other->command(kCmdFlush, 0, 0), 0u);
 }
 
-TEST_F(SessionTest, ClientVanishingMidWriteEndsOnlyThatConnection) {
+TEST_P(SessionTest, ClientVanishingMidWriteEndsOnlyThatConnection) {
   auto other = open();
   auto c = open();
   c->request(kCmdWrite, 0, 4096);
@@ -301,7 +397,7 @@ TEST_F(SessionTest, ClientVanishingMidWriteEndsOnlyThatConnection) {
   EXPECT_EQ(other->command(kCmdFlush, 0, 0), 0u);
 }
 
-TEST_F(SessionTest, PipelinedRequestsAreAllAnsweredOnce) {
+TEST_P(SessionTest, PipelinedRequestsAreAllAnsweredOnce) {
   auto c = open("vol", false);
   constexpr int kN = 200;
   auto data = pattern(4096, 11);
@@ -319,7 +415,7 @@ TEST_F(SessionTest, PipelinedRequestsAreAllAnsweredOnce) {
   EXPECT_EQ(disk->writes.load(), kN);
 }
 
-TEST_F(SessionTest, DiscAnswersRequestsInFlightThenCloses) {
+TEST_P(SessionTest, DiscAnswersRequestsInFlightThenCloses) {
   auto c = open("vol", false);
   {
     std::lock_guard lk(disk->mu);
@@ -336,7 +432,7 @@ TEST_F(SessionTest, DiscAnswersRequestsInFlightThenCloses) {
   EXPECT_TRUE(c->closed_by_server());
 }
 
-TEST_F(SessionTest, StopFinishesRequestsInFlightThenCloses) {
+TEST_P(SessionTest, StopFinishesRequestsInFlightThenCloses) {
   auto c = open("vol", false);
   {
     std::lock_guard lk(disk->mu);
@@ -429,8 +525,8 @@ void expect_reader_stops_at_the_limit(const SessionOptions& so, int n, uint32_t 
   EXPECT_EQ(d->writes.load(), n);
 }
 
-TEST_F(SessionTest, InflightBytesAreCappedPerConnection) {
-  SessionOptions so;
+TEST_P(SessionTest, InflightBytesAreCappedPerConnection) {
+  SessionOptions so = session_options();
   so.workers = 1;
   so.max_inflight_bytes = 4 << 20;
   so.max_inflight_requests = 1024;
@@ -438,8 +534,8 @@ TEST_F(SessionTest, InflightBytesAreCappedPerConnection) {
   expect_reader_stops_at_the_limit(so, 64, 1 << 20, 16 << 20);
 }
 
-TEST_F(SessionTest, InflightRequestsAreCappedPerConnection) {
-  SessionOptions so;
+TEST_P(SessionTest, InflightRequestsAreCappedPerConnection) {
+  SessionOptions so = session_options();
   so.workers = 2;
   so.max_inflight_bytes = 1ull << 30;
   so.max_inflight_requests = 8;
@@ -447,7 +543,7 @@ TEST_F(SessionTest, InflightRequestsAreCappedPerConnection) {
   expect_reader_stops_at_the_limit(so, 4096, 4096, 4 << 20);
 }
 
-TEST_F(SessionTest, ConnectionsShareTheExport) {
+TEST_P(SessionTest, ConnectionsShareTheExport) {
   auto a = open();
   auto b = open();
   auto data = pattern(4096, 12);
@@ -457,7 +553,7 @@ TEST_F(SessionTest, ConnectionsShareTheExport) {
   EXPECT_EQ(got, data);
 }
 
-TEST_F(SessionTest, ManyConnectionsInParallel) {
+TEST_P(SessionTest, ManyConnectionsInParallel) {
   constexpr int kConns = 8;
   std::vector<std::thread> ts;
   std::atomic<int> ok{0};
