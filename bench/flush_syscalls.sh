@@ -10,7 +10,7 @@
 # Usage: bench/flush_syscalls.sh PATH/TO/thin_flush_workload [--before PATH] [--flushes F] [--keep]
 #   --before PATH  also the thin_flush_workload of an earlier build: a column "before" next
 #                  to each case
-#   --flushes F    flushes in the flushing run (default 128)
+#   --flushes F    flushes in the flushing run (default 64)
 #   --keep         keep the traces (the directory is printed)
 # The pool goes where thin_flush_workload puts it: TP_BENCH_DIR, TMPDIR or /tmp (not tmpfs).
 set -euo pipefail
@@ -23,7 +23,7 @@ usage() {
 WORKLOAD=$(realpath "$1")
 shift
 BEFORE=
-FLUSHES=128
+FLUSHES=64
 KEEP=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -65,8 +65,10 @@ trap cleanup EXIT
 # The cases: target and writes per FLUSH. fresh/32 is the peer benchmark's row e.
 CASES=("fresh 1" "fresh 32" "mapped 32")
 
-# count TRACE: "syscall file<TAB>calls" for a `strace -f -y -o` trace. file is the base name
-# of the fd's path (first argument) or of the first path argument, "-" when there is none.
+# count TRACE: "syscall file<TAB>calls" for a `strace -f -y -o` trace. file is the base name of
+# what the call acts on: the path argument of an *at call, else the fd's path (first
+# argument), else the first path argument; "-" when there is none. Names that differ from run
+# to run (the temp dir, pipe numbers) are folded into one.
 count() {
   awk '
     { sub(/^[0-9]+ +/, "") }
@@ -76,14 +78,19 @@ count() {
       if (i == 0) next
       name = substr($0, 1, i - 1)
       rest = substr($0, i + 1)
-      file = "-"
-      if (match(rest, /^[0-9]+<[^>]*>/)) {
-        file = substr(rest, RSTART, RLENGTH)
-      } else if (match(rest, /"[^"]*"/)) {
-        file = substr(rest, RSTART + 1, RLENGTH - 2)
-      }
+      fd = ""
+      if (match(rest, /^[0-9]+<[^>]*>/)) fd = substr(rest, RSTART, RLENGTH)
+      str = ""
+      # A quoted argument with an escape is data (a buffer), not a path.
+      if (match(rest, /"[^"\\]*"/)) str = substr(rest, RSTART + 1, RLENGTH - 2)
+      if (name ~ /at$/ && str != "") file = str
+      else if (fd != "") file = fd
+      else if (str != "") file = str
+      else file = "-"
       sub(/>$/, "", file)
       sub(/^.*\//, "", file)
+      sub(/:\[[0-9]+\]$/, "", file)            # pipe:[1234] -> pipe
+      if (file ~ /^tp_[a-z_]+\./) file = "(temp dir)"
       n[name " " file]++
     }
     END { for (k in n) printf "%s\t%d\n", k, n[k] }

@@ -58,7 +58,7 @@ case "$(stat -f -c %T "$PARENT")" in
     exit 1
     ;;
 esac
-AVAIL_B=$(df -P -B1 --output=avail "$PARENT" | tail -n 1)
+AVAIL_B=$(df -B1 --output=avail "$PARENT" | tail -n 1)
 if [ "$AVAIL_B" -lt $((WRITE_B + (2 << 30))) ]; then
   echo "serve_rss: $PARENT has $(mib "$AVAIL_B") MiB free, needs $(mib $((WRITE_B + (2 << 30)))) MiB" >&2
   exit 1
