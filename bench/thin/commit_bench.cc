@@ -19,8 +19,8 @@
 namespace tp::thin::bench {
 namespace {
 
-constexpr uint64_t kPoolBytes = 1ull << 30;    // 16384 blocks of 64 KiB (sparse)
-constexpr uint64_t kVolBytes = 1ull << 30;     // the fresh variant's region
+constexpr uint64_t kPoolBytes = 1ull << 30;      // 16384 blocks of 64 KiB (sparse)
+constexpr uint64_t kVolBytes = 1ull << 30;       // the fresh variant's region
 constexpr uint64_t kMappedBytes = 128ull << 20;  // the mapped variant's region, filled first
 
 // Commits per run: 200, and at most 3200 writes. Fixed, so that the fresh variant never runs
