@@ -13,7 +13,7 @@ CMAKE_FLAGS ?=
 CTEST_FLAGS ?= --output-on-failure
 
 .PHONY: all deps build test test-asan test-tsan fuzz-build fuzz-smoke fuzz-long fuzz-corpus \
-  check-long bench demo format clean
+  check-long bench bench-commit bench-rss demo format clean
 
 all: build
 
@@ -81,9 +81,38 @@ check-long: build
 	$(MAKE) fuzz-long
 	$(MAKE) test-tsan
 
+# Benchmarks (bench/README.md); timing is never a test. `make bench` runs the in-process ones
+# (a few minutes); BENCH_RSS=1 adds bench-rss. Pools go in TP_BENCH_DIR (default TMPDIR or
+# /tmp), which must be on a disk, not tmpfs.
+# bench-commit: commits/s with 1, 8 and 64 writes per commit, and syscalls per FLUSH.
+# bench-rss: RSS of `serve` after 10 GiB of random writes to a 1 TiB volume (minutes, 10 GiB
+# of disk while it runs).
+# BENCH_BEFORE=DIR: the build dir of an earlier version; bench-commit runs its binaries too,
+# for before/after figures in one session.
+BENCH_RSS ?= 0
+BENCH_BEFORE ?=
+define bench_commit
+	$(if $(BENCH_BEFORE),@echo "before: $(BENCH_BEFORE)" && $(BENCH_BEFORE)/bench/thin_commit_bench --benchmark_counters_tabular=true)
+	$(if $(BENCH_BEFORE),@echo "after: $(BUILD)")
+	$(BUILD)/bench/thin_commit_bench --benchmark_counters_tabular=true
+	@bash bench/flush_syscalls.sh $(BUILD)/bench/thin_flush_workload \
+	  $(if $(BENCH_BEFORE),--before $(BENCH_BEFORE)/bench/thin_flush_workload)
+endef
+define bench_rss
+	@bash bench/serve_rss.sh $(BUILD)/thinpool
+endef
+
 bench: build
 	@if [ -x $(BUILD)/bench/pdata_bench ]; then $(BUILD)/bench/pdata_bench; fi
 	@if [ -x $(BUILD)/bench/thin_bench ]; then $(BUILD)/bench/thin_bench; fi
+	$(bench_commit)
+	$(if $(filter 1,$(BENCH_RSS)),$(bench_rss))
+
+bench-commit: build
+	$(bench_commit)
+
+bench-rss: build
+	$(bench_rss)
 
 demo: build
 	@bash scripts/demo.sh $(BUILD)/thinpool

@@ -15,6 +15,8 @@ PKGS=(
   libnbd-bin python3-libnbd nbdkit qemu-utils fio fuse3   # libnbd-bin ships nbdsh, nbdinfo, nbdcopy, nbdfuse
   gnutls-bin   # certtool and psktool: the TLS end-to-end test makes its own CA, certificate and PSK
   mount procps util-linux   # losetup and mount (nbdfuse + loop test), pgrep (server PID), setpriv
+  # benchmarks: system calls per FLUSH (bench/flush_syscalls.sh)
+  strace
   # demo: image tools
   erofs-utils squashfs-tools e2fsprogs
 )
