@@ -142,20 +142,14 @@ Result<std::vector<nbd::StatusExtent>> PoolTarget::block_status(uint64_t off, ui
 
 Result<void> PoolTarget::read_sparse(uint64_t off, std::span<std::byte> buf,
                                      std::vector<nbd::StatusExtent>& extents) {
-  // TODO(thinpool dev): one Pool call that finds the mappings and reads in one walk; two
-  // walks and a vector per READ here. #12
+  // One walk finds the mappings, reads the mapped runs and zero-fills the holes.
+  thread_local std::vector<thin::Extent> ext;
   extents.clear();
-  TP_ASSIGN_OR_RETURN(std::vector<thin::Extent> ext, pool_.extents(dev_, off, buf.size()));
-  bool mapped = false;
+  TP_TRY(pool_.read(dev_, off, buf, &ext));
   for (const thin::Extent& e : ext) {
     extents.push_back({e.length, e.mapped ? 0u : nbd::kStateHole | nbd::kStateZero});
-    mapped = mapped || e.mapped;
   }
-  if (!mapped) {
-    std::memset(buf.data(), 0, buf.size());
-    return {};
-  }
-  return pool_.read(dev_, off, buf);
+  return {};
 }
 
 std::vector<std::string> PoolTarget::delta_bases() {
