@@ -158,6 +158,7 @@ Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const OpenOptio
   TP_ASSIGN_OR_RETURN(p->lock_fd_, take_lock(dir));
   TP_ASSIGN_OR_RETURN(p->meta_dev_, io::open_file(path_in(dir, kMetadataFile)));
   if (opts.wrap_metadata) p->meta_dev_ = opts.wrap_metadata(std::move(p->meta_dev_));
+  p->md_cache_blocks_ = opts.metadata_cache_blocks;
   TP_ASSIGN_OR_RETURN(p->md_, pdata::ThinMetadata::open(*p->meta_dev_, opts.metadata_cache_blocks));
   TP_ASSIGN_OR_RETURN(catalog::CatalogFile cf,
                       catalog::CatalogFile::open(path_in(dir, kCatalogFile), p->md_->trans_id()));
@@ -390,7 +391,8 @@ Result<VolumeInfo> Pool::volume(const std::string& name, bool counts) {
 
 // ---------------------------------------------------------------- volume operations
 
-Result<void> Pool::create_volume(const std::string& name, uint64_t size_bytes, bool provision) {
+Result<void> Pool::create_volume(const std::string& name, uint64_t size_bytes, bool provision,
+                                 SpacePlan* plan) {
   if (!catalog::valid_volume_name(name)) {
     return make_error(Errc::kInvalidArgument, "invalid volume name");
   }
@@ -400,6 +402,11 @@ Result<void> Pool::create_volume(const std::string& name, uint64_t size_bytes, b
   if (cat_.find(name)) return make_error(Errc::kExists, "volume already exists");
   uint64_t dev = cat_.next_dev_id;
   if (dev > pdata::kMaxDevId) return make_error(Errc::kNoSpace, "no thin device ids left");
+  uint64_t nr_vblocks = (size_bytes + block_bytes_ - 1) / block_bytes_;
+  // Frees nothing: --provision needs every block of the volume unreserved.
+  TP_TRY(decide_locked(space_need_locked(provision ? nr_vblocks : 0, kNoDev, SpaceFor::kGuarantee),
+                       "not enough unreserved space to provision the volume", plan));
+  if (plan) return {};
   TP_TRY(md_->create_thin(dev));
   cat_.next_dev_id++;
   catalog::VolumeRecord rec;
@@ -407,11 +414,6 @@ Result<void> Pool::create_volume(const std::string& name, uint64_t size_bytes, b
   rec.dev_id = dev;
   rec.size_bytes = size_bytes;
   rec.created_unix = static_cast<int64_t>(::time(nullptr));
-  uint64_t nr_vblocks = (size_bytes + block_bytes_ - 1) / block_bytes_;
-  if (provision && nr_vblocks > unreserved_locked()) {
-    (void)md_->delete_device(dev);
-    return make_error(Errc::kNoSpace, "not enough unreserved space to provision the volume");
-  }
   cat_.volumes[name] = rec;
   dirty_ = true;
   if (provision) {
@@ -424,7 +426,7 @@ Result<void> Pool::create_volume(const std::string& name, uint64_t size_bytes, b
 }
 
 Result<void> Pool::snapshot(const std::string& origin, const std::string& name, bool writable,
-                            uint64_t reserve_bytes) {
+                            uint64_t reserve_bytes, SpacePlan* plan) {
   if (!catalog::valid_volume_name(name)) {
     return make_error(Errc::kInvalidArgument, "invalid volume name");
   }
@@ -439,10 +441,14 @@ Result<void> Pool::snapshot(const std::string& origin, const std::string& name, 
   uint64_t o_guaranteed = catalog::covered_blocks(o->guarantee, 0, ~uint64_t{0});
   uint64_t o_g = g_.count(o->dev_id) ? g_[o->dev_id] : 0;
   uint64_t reserve_blocks = (reserve_bytes + block_bytes_ - 1) / block_bytes_;
-  if ((o_guaranteed - o_g) + reserve_blocks > unreserved_locked()) {
-    return make_error(Errc::kNoSpace,
-                      "not enough unreserved space for the snapshot's guarantees and reservation");
-  }
+  // Frees nothing: decided up front. The space is for the origin's guarantee when it grows,
+  // else for the snapshot's reservation (the snapshot has no device id yet: kNoDev).
+  const uint64_t grows = o_guaranteed - o_g;
+  SpaceNeed n = grows ? space_need_locked(grows + reserve_blocks, o->dev_id, SpaceFor::kGuarantee)
+                      : space_need_locked(reserve_blocks, kNoDev, SpaceFor::kReservation);
+  TP_TRY(decide_locked(
+      n, "not enough unreserved space for the snapshot's guarantees and reservation", plan));
+  if (plan) return {};
   // In-flight writes to the origin must land before the tree is shared.
   io_done_.wait(lk, [&] { return inflight_ == 0; });
   TP_TRY(md_->create_snap(dev, o->dev_id));
@@ -472,10 +478,12 @@ Result<void> Pool::remove_locked(const std::string& name) {
   return {};
 }
 
-Result<void> Pool::remove(const std::string& name, bool recursive) {
+Result<void> Pool::remove(const std::string& name, bool recursive, SpacePlan* plan) {
   std::unique_lock lk(mu_);
   TP_TRY(live_locked());
-  TP_TRY(record_locked(name));
+  TP_TRY(settle_locked(lk));
+  TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
+  const uint64_t dev = rec->dev_id;
   // Descendants, deepest first.
   std::vector<std::string> order;
   std::vector<std::string> frontier{name};
@@ -490,62 +498,87 @@ Result<void> Pool::remove(const std::string& name, bool recursive) {
   if (order.size() > 1 && !recursive) {
     return make_error(Errc::kBusy, "volume has snapshots (remove them or use --recursive)");
   }
-  io_done_.wait(lk, [&] { return inflight_ == 0; });
+  // Frees blocks and releases reservations; decided on the state after it like the others.
+  Tentative op(*this);
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     if (auto r = remove_locked(*it); !r.ok()) return abort_locked(r.error());
   }
   // Blocks the removed volumes shared may now be exclusive to a guaranteed volume.
   if (auto r = recompute_all_g_locked(); !r.ok()) return abort_locked(r.error());
-  return commit_locked();
+  return op.finish(dev, kNoDev, "not enough space for the guarantees after the remove", plan);
 }
 
-Result<void> Pool::resize(const std::string& name, uint64_t size_bytes) {
+Result<void> Pool::resize(const std::string& name, uint64_t size_bytes, SpacePlan* plan) {
   TP_TRY(validate_size(size_bytes));
   std::unique_lock lk(mu_);
   TP_TRY(live_locked());
   TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
   uint64_t dev = rec->dev_id;
   uint64_t old = rec->size_bytes;
-  const uint64_t old_blocks = (old + block_bytes_ - 1) / block_bytes_;
-  const uint64_t new_blocks = (size_bytes + block_bytes_ - 1) / block_bytes_;
+  const uint64_t B = block_bytes_;
+  const uint64_t old_blocks = (old + B - 1) / B;
+  const uint64_t new_blocks = (size_bytes + B - 1) / B;
   // A volume guaranteed to its end keeps that promise when it grows: the new tail is
   // provisioned (and must fit); a shrink cuts the guarantee.
   bool whole = !rec->guarantee.empty() &&
                catalog::covered_blocks(rec->guarantee, 0, old_blocks) == old_blocks;
-  if (size_bytes > old && whole && new_blocks > old_blocks &&
-      new_blocks - old_blocks > unreserved_locked()) {
-    return make_error(Errc::kNoSpace, "not enough unreserved space to grow the guarantee");
-  }
-  if (size_bytes < old) {
-    io_done_.wait(lk, [&] { return inflight_ == 0; });
-    uint64_t B = block_bytes_;
-    uint64_t first_gone = (size_bytes + B - 1) / B;
-    TP_TRY(unmap_locked(dev, first_gone, ~uint64_t{0}));
-    // The kept part of a partial last block must not bring old bytes back on regrow.
-    if (size_bytes % B != 0) {
-      uint64_t vb = size_bytes / B;
-      TP_ASSIGN_OR_RETURN(auto m, md_->lookup(dev, vb));
-      if (m) {
-        uint32_t boff = static_cast<uint32_t>(size_bytes % B);
-        TP_ASSIGN_OR_RETURN(uint64_t target, prepare_write_retry(lk, dev, vb, boff,
-                                                                 static_cast<uint32_t>(B - boff)));
-        TP_TRY(data_->write_zeroes(target * B + boff, B - boff));
+  if (size_bytes >= old) {
+    // Growing frees nothing: decided up front (the new tail is unmapped: one block each).
+    const uint64_t grow = whole && new_blocks > old_blocks ? new_blocks - old_blocks : 0;
+    TP_TRY(decide_locked(space_need_locked(grow, dev, SpaceFor::kGuarantee),
+                         "not enough unreserved space to grow the guarantee", plan));
+    if (plan) return {};
+    catalog::VolumeRecord* w = cat_.find(name);
+    w->size_bytes = size_bytes;
+    dirty_ = true;
+    if (grow) {
+      auto cls = w->guarantee.back().cls;
+      if (auto r = provision_locked(name, old_blocks, new_blocks, cls, false); !r.ok()) {
+        return abort_locked(r.error());
       }
     }
+    return commit_locked();
   }
+  // Shrinking frees the tail's blocks and cuts the guarantee; the kept part of a partial
+  // last block is zeroed (so old bytes never come back on regrow), which copies it when it
+  // is shared: decided on the state after it, counting that copy.
+  TP_TRY(settle_locked(lk));
+  Tentative op(*this);
+  Result<void> r = unmap_locked(dev, new_blocks, ~uint64_t{0});
   catalog::VolumeRecord* w = cat_.find(name);
   w->size_bytes = size_bytes;
+  w->guarantee = catalog::remove_range(w->guarantee, new_blocks, ~uint64_t{0});
   dirty_ = true;
-  if (new_blocks < old_blocks) {
-    w->guarantee = catalog::remove_range(w->guarantee, new_blocks, ~uint64_t{0});
-    TP_ASSIGN_OR_RETURN(uint64_t g, compute_g_locked(*w));
-    set_g_locked(dev, g);
-  } else if (whole && new_blocks > old_blocks) {
-    auto cls = w->guarantee.back().cls;
-    if (auto r = provision_locked(name, old_blocks, new_blocks, cls, false); !r.ok()) {
-      return abort_locked(r.error());
-    }
+  if (r.ok()) {
+    auto g = compute_g_locked(*w);
+    if (g.ok()) set_g_locked(dev, *g);
+    r = g.ok() ? Result<void>() : Result<void>(g.error());
   }
+  const uint64_t vb = size_bytes / B;
+  std::optional<pdata::Mapping> tail;
+  if (r.ok() && size_bytes % B != 0) {
+    auto m = md_->lookup(dev, vb);
+    if (m.ok()) tail = *m;
+    r = m.ok() ? Result<void>() : Result<void>(m.error());
+  }
+  if (!r.ok()) return abort_locked(r.error());
+  // The copy draws on the guarantee's block or the volume's reservation when it has one
+  // (allocate_locked's rule), else on unreserved space.
+  uint64_t extra = 0;
+  if (tail && tail->shared) {
+    bool from_g = catalog::is_covered(w->guarantee, vb) && g_.count(dev) && g_[dev] > 0;
+    extra = from_g || w->reserve_blocks > 0 ? 0 : 1;
+  }
+  TP_TRY(
+      op.decide(dev, kNoDev, "not enough space for the guarantees after the shrink", plan, extra));
+  if (plan) return {};
+  if (tail) {
+    uint32_t boff = static_cast<uint32_t>(size_bytes % B);
+    auto target = prepare_write_retry(lk, dev, vb, boff, static_cast<uint32_t>(B - boff));
+    if (!target.ok()) return abort_locked(target.error());
+    if (auto z = data_->write_zeroes(*target * B + boff, B - boff); !z.ok()) return z;
+  }
+  note_space_locked();
   return commit_locked();
 }
 
@@ -585,7 +618,7 @@ Result<uint64_t> Pool::prepare_write_locked(uint64_t dev, uint64_t vb, uint32_t 
     return make_error(Errc::kBusy, kWaitCommit);
   }
   if (md_->nr_free_metadata_blocks() < kMetadataSlice) {
-    return make_error(Errc::kNoSpace, "metadata space is low: only trim, remove and merge work");
+    return metadata_low_locked(dev);
   }
   TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
   DrawnFrom from;
@@ -716,7 +749,7 @@ Result<void> Pool::write(uint64_t dev, uint64_t off, std::span<const std::byte> 
           return prep;
         }
         if (committed_for_space) {
-          return make_error(Errc::kNoSpace, "pool is full (no unreserved blocks)");
+          return write_no_space_locked(dev);
         }
         // Only blocks freed in this transaction are left: commit, then they are usable.
         io_done_.wait(lk, [&] { return inflight_ == 0; });
