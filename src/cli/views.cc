@@ -16,12 +16,6 @@ std::string both(uint64_t bytes) {
   return fmt::format("{} ({} bytes)", format_bytes(bytes), bytes);
 }
 
-// "52.00 MiB (832 blocks)", "512.00 KiB (128 metadata blocks)"
-std::string amount(uint64_t units, const SpaceNeed& n) {
-  return fmt::format("{} ({} {}block{})", format_bytes(units * n.unit_bytes), units,
-                     n.what_for == SpaceFor::kMetadata ? "metadata " : "", units == 1 ? "" : "s");
-}
-
 std::string named(uint32_t dev, const VolumeNamer& name, std::string_view fallback) {
   std::string v = dev != kNoDev && name ? name(dev) : "";
   return v.empty() ? std::string(fallback) : v;
@@ -31,36 +25,13 @@ std::string named(uint32_t dev, const VolumeNamer& name, std::string_view fallba
 
 std::string space_text(const SpaceNeed& n, const VolumeNamer& name, std::string_view command,
                        std::string_view fallback) {
-  const std::string vol = named(n.dev, name, fallback);
-  std::string t = "needs " + amount(n.need, n);
-  switch (n.what_for) {
-    case SpaceFor::kGuarantee:
-      t += " more reserved for the guarantee of " + vol;
-      break;
-    case SpaceFor::kReservation:
-      t += " for the reservation of " + vol;
-      break;
-    case SpaceFor::kWrite:
-      t += " for a write to " + vol + " outside its guarantee";
-      break;
-    case SpaceFor::kMetadata:
-      t += " of free metadata space (held back so that trim, remove and merge always work)";
-      break;
-    case SpaceFor::kNone:
-      break;
-  }
-  if (std::string with = named(n.shared_with, name, ""); !with.empty()) {
-    t += " (shared with " + with + ")";
-  }
-  t += ", " + amount(n.available(), n) + " available";
-  if (n.freed || n.own) {
-    t += " (" + format_bytes(n.unreserved * n.unit_bytes) +
-         (n.what_for == SpaceFor::kMetadata ? " free" : " unreserved");
-    if (n.freed) t += fmt::format(" + {} freed by the {}", amount(n.freed, n), command);
-    if (n.own) t += fmt::format(" + {} of {}'s reservation", amount(n.own, n), vol);
-    t += ")";
-  }
-  return t;
+  // "52.00 MiB (832 blocks)", "512.00 KiB (128 metadata blocks)"
+  auto amount = [&](uint64_t units) {
+    return fmt::format("{} ({} {}block{})", format_bytes(units * n.unit_bytes), units,
+                       n.what_for == SpaceFor::kMetadata ? "metadata " : "", units == 1 ? "" : "s");
+  };
+  auto volume = [&](uint32_t dev) { return named(dev, name, ""); };
+  return describe_space(n, amount, volume, fallback, command);
 }
 
 void add_space_json(const SpaceNeed& n, const VolumeNamer& name, std::string_view fallback,

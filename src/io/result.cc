@@ -46,44 +46,45 @@ const char* space_for_name(SpaceFor f) {
   return "";
 }
 
-namespace {
-
-// "832 blocks (54525952 bytes)"
-std::string units(uint64_t n, const SpaceNeed& s) {
-  std::string u = s.what_for == SpaceFor::kMetadata ? " metadata block" : " block";
-  return std::to_string(n) + u + (n == 1 ? "" : "s") + " (" + std::to_string(n * s.unit_bytes) +
-         " bytes)";
-}
-
-std::string space_details(const SpaceNeed& s) {
-  std::string dev = s.dev == kNoDev ? "the volume" : "device " + std::to_string(s.dev);
-  std::string r = "needs " + units(s.need, s);
-  switch (s.what_for) {
+std::string describe_space(const SpaceNeed& n, const std::function<std::string(uint64_t)>& amount,
+                           const std::function<std::string(uint32_t)>& name,
+                           std::string_view fallback, std::string_view by) {
+  auto named = [&](uint32_t dev, std::string_view otherwise) {
+    std::string v = dev != kNoDev ? name(dev) : "";
+    return v.empty() ? std::string(otherwise) : v;
+  };
+  const std::string vol = named(n.dev, fallback);
+  std::string t = "needs " + amount(n.need);
+  // (A plan of an operation that only gives space back needs nothing.)
+  switch (n.need ? n.what_for : SpaceFor::kNone) {
     case SpaceFor::kGuarantee:
-      r += " more reserved for the guarantee of " + dev;
+      t += " more reserved for the guarantee of " + vol;
       break;
     case SpaceFor::kReservation:
-      r += " for the reservation of " + dev;
+      t += " for the reservation of " + vol;
       break;
     case SpaceFor::kWrite:
-      r += " for a write to " + dev + " outside its guarantee";
+      t += " for a write to " + vol + " outside its guarantee";
       break;
     case SpaceFor::kMetadata:
+      t += " of free metadata space (held back so that trim, remove and merge always work)";
+      break;
     case SpaceFor::kNone:
       break;
   }
-  if (s.shared_with != kNoDev) r += " (shared with device " + std::to_string(s.shared_with) + ")";
-  r += ", " + units(s.available(), s) + " available";
-  if (s.freed || s.own) {
-    r += " (" + std::to_string(s.unreserved) + " unreserved";
-    if (s.freed) r += " + " + std::to_string(s.freed) + " freed by the operation";
-    if (s.own) r += " + " + std::to_string(s.own) + " of its own reservation";
-    r += ")";
+  if (std::string with = named(n.shared_with, ""); n.need && !with.empty()) {
+    t += " (shared with " + with + ")";
   }
-  return r;
+  t += ", " + amount(n.available()) + " available";
+  if (n.freed || n.own) {
+    t +=
+        " (" + amount(n.unreserved) + (n.what_for == SpaceFor::kMetadata ? " free" : " unreserved");
+    if (n.freed) t += " + " + amount(n.freed) + " freed by the " + std::string(by);
+    if (n.own) t += " + " + amount(n.own) + " of " + vol + "'s reservation";
+    t += ")";
+  }
+  return t;
 }
-
-}  // namespace
 
 std::string Error::to_string() const {
   std::string s = errc_name(code);
@@ -99,8 +100,17 @@ std::string Error::to_string() const {
     s += std::strerror(sys_errno);
   }
   if (space.present()) {
+    // Without names or human units (the CLI has those): "832 blocks (54525952 bytes)",
+    // "device 3".
+    const SpaceNeed& n = space;
+    auto amount = [&](uint64_t units) {
+      std::string u = n.what_for == SpaceFor::kMetadata ? " metadata block" : " block";
+      return std::to_string(units) + u + (units == 1 ? "" : "s") + " (" +
+             std::to_string(units * n.unit_bytes) + " bytes)";
+    };
+    auto name = [](uint32_t dev) { return "device " + std::to_string(dev); };
     s += ": ";
-    s += space_details(space);
+    s += describe_space(n, amount, name, "the volume", "operation");
   }
   return s;
 }

@@ -5,8 +5,10 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -48,11 +50,11 @@ const char* space_for_name(SpaceFor f);
 // an Error stays a small value that never allocates; the layer that decided fills it in,
 // the CLI names the volumes. unit_bytes == 0: no details.
 struct SpaceNeed {
-  uint64_t need = 0;        // units the operation needs reserved or allocated (net of what
-                            // it releases)
-  uint64_t unreserved = 0;  // unreserved units before the operation
-  uint64_t freed = 0;       // units the operation itself frees (they count as available)
-  uint64_t own = 0;         // units of dev's own reservation it may draw on (provision)
+  uint64_t need = 0;              // units the operation needs reserved or allocated (net of what
+                                  // it releases)
+  uint64_t unreserved = 0;        // unreserved units before the operation
+  uint64_t freed = 0;             // units the operation itself frees (they count as available)
+  uint64_t own = 0;               // units of dev's own reservation it may draw on (provision)
   uint32_t unit_bytes = 0;        // bytes a unit; 0: no details
   uint32_t dev = kNoDev;          // thin device id of the volume the space is for
   uint32_t shared_with = kNoDev;  // the volume whose sharing makes it needed, if any
@@ -62,6 +64,15 @@ struct SpaceNeed {
   uint64_t available() const { return unreserved + freed + own; }
   bool fits() const { return need <= available(); }
 };
+
+// The numbers of n in words: "needs A more reserved for the guarantee of V (shared with W),
+// B available (U unreserved + F freed by the BY + O of V's reservation)". amount(units)
+// and name(dev) (dev != kNoDev; "" when unknown: fallback is used) say how an amount and a
+// volume read; by: what frees the blocks. Error::to_string() and the CLI both use it.
+std::string describe_space(const SpaceNeed& n,
+                           const std::function<std::string(uint64_t units)>& amount,
+                           const std::function<std::string(uint32_t dev)>& name,
+                           std::string_view fallback, std::string_view by);
 
 struct Error {
   Errc code = Errc::kIo;

@@ -84,7 +84,7 @@ TEST_F(HandshakeTest, InfoAnswersWithoutEnteringTransmission) {
   EXPECT_EQ(str(std::span(r[1].data).subspan(2)), "snap");
   EXPECT_EQ(str(std::span(r[2].data).subspan(2)), "a snapshot");
   ASSERT_EQ(wire::load_be16(r[3].data.data()), kInfoBlockSize);
-  EXPECT_EQ(wire::load_be32(r[3].data.data() + 2), 512u);
+  EXPECT_EQ(wire::load_be32(r[3].data.data() + 2), 1u);  // minimum: any byte range is served
   EXPECT_EQ(wire::load_be32(r[3].data.data() + 6), 65536u);
   EXPECT_EQ(wire::load_be32(r[3].data.data() + 10), kMaxPayload);
   EXPECT_EQ(r[4].type, kRepAck);
