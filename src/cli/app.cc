@@ -21,9 +21,9 @@ namespace {
 
 // The order of --help: the everyday commands first. A command missing here goes last.
 constexpr std::string_view kHelpOrder[] = {
-    "init",   "info",      "list",        "create",  "snapshot", "remove",   "resize",
-    "extend", "provision", "unprovision", "reserve", "merge",    "rollback", "delta",
-    "diff",   "update",    "write",       "read",    "check",    "serve",    "events",
+    "init",      "info",        "list",    "create", "snapshot", "remove", "resize", "extend",
+    "provision", "unprovision", "reserve", "merge",  "rollback", "plan",   "delta",  "diff",
+    "update",    "write",       "read",    "check",  "serve",    "events",
 };
 
 size_t help_rank(std::string_view name) {
@@ -110,8 +110,25 @@ int run(int argc, const char* const* argv, Console& con, const daemon::Services*
     cmd->declare(*sub);
     by_sub[sub] = cmd.get();
   }
+  // plan OP ARGS...: the plannable commands once more (each with its own options), run as
+  // a dry run.
+  CommandList plannable;
+  add_volume_commands(plannable);
+  std::erase_if(plannable, [](const auto& c) { return !c->plannable(); });
+  CLI::App* plan_sub = app.add_subcommand(
+      "plan",
+      "Would an operation fit, and by how much: runs OP (create, snapshot, remove, resize, "
+      "provision, unprovision, reserve, merge, rollback) as a dry run; changes nothing");
+  plan_sub->require_subcommand(1);
+  plan_sub->fallthrough();
+  std::map<const CLI::App*, Command*> by_plan_sub;
+  for (auto& cmd : plannable) {
+    CLI::App* sub = plan_sub->add_subcommand(cmd->name(), cmd->description());
+    cmd->declare(*sub);
+    by_plan_sub[sub] = cmd.get();
+  }
 
-  Context ctx{con, "", false, nullptr, ""};
+  Context ctx{con, "", false, nullptr, "", nullptr, {}, false};
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {  // --help, --help-all, --version
@@ -136,9 +153,16 @@ int run(int argc, const char* const* argv, Console& con, const daemon::Services*
   ctx.json = json;
   ctx.served = served;
   ctx.cwd = cwd;
+  thin::SpacePlan plan;
   for (const CLI::App* sub : app.get_subcommands()) {
     auto it = by_sub.find(sub);
-    if (it == by_sub.end()) continue;
+    if (sub == plan_sub) {
+      it = by_plan_sub.find(plan_sub->get_subcommands().front());
+      if (it == by_plan_sub.end()) continue;
+      ctx.plan = &plan;
+    } else if (it == by_sub.end()) {
+      continue;
+    }
     Command& cmd = *it->second;
     if (served) {
       if (!cmd.through_daemon()) {

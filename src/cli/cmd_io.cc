@@ -661,7 +661,8 @@ class UpdateCommand final : public Command {
       if (!up.ok()) {
         // A bad delta, a wrong base, no space or an export in the way: the update failed,
         // the pool is fine.
-        return ctx.fail(name(), name_, up.error().to_string(), kExitFailed);
+        // (A refused snapshot for the update names no volume yet: it is NAME.next.)
+        return ctx.fail(name(), name_, up.error(), kExitFailed, next);
       }
       const thin::UpdateResult& u = *done;
       const uint64_t bb = pool.block_bytes();

@@ -78,6 +78,7 @@ class CreateCommand final : public Command {
  public:
   const char* name() const override { return "create"; }
   const char* description() const override { return "Create a new, empty volume"; }
+  bool plannable() const override { return true; }
   void declare(CLI::App& sub) override {
     sub.add_option("NAME", name_, "Volume name")->required();
     sub.add_option("--size", size_, "Virtual size, e.g. 10G")->required();
@@ -94,8 +95,11 @@ class CreateCommand final : public Command {
       return kExitUsage;
     }
     return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
-      if (auto c = pool.create_volume(name_, *size, provision_); !c.ok()) {
+      if (auto c = pool.create_volume(name_, *size, provision_, ctx.plan); !c.ok()) {
         return ctx.fail(name(), name_, c.error());
+      }
+      if (ctx.plan) {
+        return kExitOk;
       }
       return report_volume(
           ctx, name(), pool, name_,
@@ -118,6 +122,7 @@ class SnapshotCommand final : public Command {
   const char* description() const override {
     return "Create a snapshot NAME of ORIGIN (read-only unless --writable)";
   }
+  bool plannable() const override { return true; }
   void declare(CLI::App& sub) override {
     sub.add_option("ORIGIN", origin_, "Volume or snapshot to snapshot")->required();
     sub.add_option("NAME", name_, "Name of the new snapshot")->required();
@@ -139,10 +144,13 @@ class SnapshotCommand final : public Command {
       reserve = *r;
     }
     return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
-      if (auto s = pool.snapshot(origin_, name_, writable_, reserve); !s.ok()) {
+      if (auto s = pool.snapshot(origin_, name_, writable_, reserve, ctx.plan); !s.ok()) {
         // The origin is the subject when it is the one missing.
         const bool origin_missing = s.error().code == Errc::kNotFound;
         return ctx.fail(name(), origin_missing ? origin_ : name_, s.error());
+      }
+      if (ctx.plan) {
+        return kExitOk;
       }
       std::string text =
           fmt::format("created {}snapshot {} of {}", writable_ ? "writable " : "", name_, origin_);
@@ -166,6 +174,7 @@ class RemoveCommand final : public Command {
   const char* description() const override {
     return "Delete a volume or snapshot (with --recursive, its snapshots too)";
   }
+  bool plannable() const override { return true; }
   void declare(CLI::App& sub) override {
     sub.add_option("NAME", name_, "Volume or snapshot")->required();
     sub.add_flag("-r,--recursive", recursive_, "Also remove its snapshots");
@@ -187,10 +196,13 @@ class RemoveCommand final : public Command {
           if (v.origin == gone[i]) gone.push_back(v.name);
         }
       }
-      auto rm =
-          unless_exported(ctx, gone, {}, false, [&] { return pool.remove(name_, recursive_); });
+      auto rm = unless_exported(ctx, gone, {}, false,
+                                [&] { return pool.remove(name_, recursive_, ctx.plan); });
       if (!rm.ok()) {
         return ctx.fail(name(), name_, rm.error());
+      }
+      if (ctx.plan) {
+        return kExitOk;
       }
       std::vector<std::string> after;
       for (const auto& v : pool.list(/*counts=*/false)) {
@@ -223,6 +235,7 @@ class ResizeCommand final : public Command {
   const char* description() const override {
     return "Grow or shrink a volume (shrinking discards the tail)";
   }
+  bool plannable() const override { return true; }
   void declare(CLI::App& sub) override {
     sub.add_option("NAME", name_, "Volume")->required();
     sub.add_option("--size", size_, "New virtual size")->required();
@@ -237,9 +250,13 @@ class ResizeCommand final : public Command {
     }
     return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
       // A client would not see the new size (NBD has no resize notice): stop it first.
-      auto rs = unless_exported(ctx, {name_}, {}, false, [&] { return pool.resize(name_, *size); });
+      auto rs = unless_exported(ctx, {name_}, {}, false,
+                                [&] { return pool.resize(name_, *size, ctx.plan); });
       if (!rs.ok()) {
         return ctx.fail(name(), name_, rs.error());
+      }
+      if (ctx.plan) {
+        return kExitOk;
       }
       return report_volume(ctx, name(), pool, name_,
                            fmt::format("resized {} to {}\n", name_, format_bytes(*size)), r);
@@ -359,6 +376,7 @@ class ProvisionCommand final : public Command {
     return "Guarantee a range of a volume (default: all of it): map its blocks now so its "
            "writes never fail for lack of space";
   }
+  bool plannable() const override { return true; }
   void declare(CLI::App& sub) override {
     sub.add_option("NAME", name_, "Volume")->required();
     range_.declare(sub);
@@ -378,8 +396,11 @@ class ProvisionCommand final : public Command {
         return ctx.fail(name(), name_, vol.error());
       }
       const uint64_t len = range_.length(vol->size_bytes);
-      if (auto p = pool.provision(name_, range_.offset(), len, cls); !p.ok()) {
+      if (auto p = pool.provision(name_, range_.offset(), len, cls, ctx.plan); !p.ok()) {
         return ctx.fail(name(), name_, p.error());
+      }
+      if (ctx.plan) {
+        return kExitOk;
       }
       return report_volume(
           ctx, name(), pool, name_,
@@ -400,6 +421,7 @@ class UnprovisionCommand final : public Command {
   const char* description() const override {
     return "Remove a range of a volume (default: all of it) from its guarantee; the data stays";
   }
+  bool plannable() const override { return true; }
   void declare(CLI::App& sub) override {
     sub.add_option("NAME", name_, "Volume")->required();
     range_.declare(sub);
@@ -414,8 +436,11 @@ class UnprovisionCommand final : public Command {
         return ctx.fail(name(), name_, vol.error());
       }
       const uint64_t len = range_.length(vol->size_bytes);
-      if (auto u = pool.unprovision(name_, range_.offset(), len); !u.ok()) {
+      if (auto u = pool.unprovision(name_, range_.offset(), len, ctx.plan); !u.ok()) {
         return ctx.fail(name(), name_, u.error());
+      }
+      if (ctx.plan) {
+        return kExitOk;
       }
       return report_volume(
           ctx, name(), pool, name_,
@@ -438,6 +463,7 @@ class ReserveCommand final : public Command {
   const char* description() const override {
     return "Set a volume's explicit reservation: space set aside for its writes (0 releases)";
   }
+  bool plannable() const override { return true; }
   void declare(CLI::App& sub) override {
     sub.add_option("NAME", name_, "Volume")->required();
     sub.add_option("SIZE", size_, "Reservation, e.g. 64M (rounded up to whole blocks)")->required();
@@ -451,8 +477,11 @@ class ReserveCommand final : public Command {
       return kExitUsage;
     }
     return with_pool(ctx, name(), [&](thin::Pool& pool, Report& r) {
-      if (auto rs = pool.reserve(name_, *size); !rs.ok()) {
+      if (auto rs = pool.reserve(name_, *size, ctx.plan); !rs.ok()) {
         return ctx.fail(name(), name_, rs.error());
+      }
+      if (ctx.plan) {
+        return kExitOk;
       }
       auto v = pool.volume(name_);
       const uint64_t e = v.ok() ? v->explicit_reserve_blocks * pool.block_bytes() : 0;
@@ -475,6 +504,7 @@ class MergeCommand final : public Command {
   const char* description() const override {
     return "The origin of snapshot SNAP takes its content; SNAP is removed";
   }
+  bool plannable() const override { return true; }
   void declare(CLI::App& sub) override {
     sub.add_option("SNAP", snap_, "Snapshot to merge into its origin")->required();
     sub.add_flag("--force", force_,
@@ -491,9 +521,13 @@ class MergeCommand final : public Command {
         return ctx.fail(name(), snap_, snap.error());
       }
       const std::string origin = snap->origin;
-      auto m = unless_exported(ctx, {snap_}, {origin}, force_, [&] { return pool.merge(snap_); });
+      auto m = unless_exported(ctx, {snap_}, {origin}, force_,
+                               [&] { return pool.merge(snap_, false, ctx.plan); });
       if (!m.ok()) {
         return ctx.fail(name(), snap_, m.error());
+      }
+      if (ctx.plan) {
+        return kExitOk;
       }
       return report_volume(ctx, name(), pool, origin,
                            fmt::format("merged {} into {} ({} removed)\n", snap_, origin, snap_),
@@ -514,6 +548,7 @@ class RollbackCommand final : public Command {
   const char* description() const override {
     return "Volume NAME takes a copy of snapshot SNAP's content; SNAP is kept";
   }
+  bool plannable() const override { return true; }
   void declare(CLI::App& sub) override {
     sub.add_option("NAME", name_, "Volume to roll back")->required();
     sub.add_option("--to", snap_, "Snapshot whose content NAME takes")->required();
@@ -532,10 +567,13 @@ class RollbackCommand final : public Command {
           return ctx.fail(name(), *n, v.error());
         }
       }
-      auto rb =
-          unless_exported(ctx, {}, {name_}, force_, [&] { return pool.rollback(name_, snap_); });
+      auto rb = unless_exported(ctx, {}, {name_}, force_,
+                                [&] { return pool.rollback(name_, snap_, ctx.plan); });
       if (!rb.ok()) {
         return ctx.fail(name(), name_, rb.error());
+      }
+      if (ctx.plan) {
+        return kExitOk;
       }
       return report_volume(ctx, name(), pool, name_,
                            fmt::format("rolled {} back to {} ({} kept)\n", name_, snap_, snap_), r);

@@ -9,6 +9,9 @@
 //                  merge rollback
 //   cmd_io.cc      write read diff update
 //   cmd_serve.cc   serve
+//
+// `plan OP ARGS...` (app.cc) runs the plannable commands (create snapshot remove resize
+// provision unprovision reserve merge rollback) as a dry run.
 
 #include <memory>
 #include <vector>
@@ -38,6 +41,9 @@ class Command {
   // Whether the command goes to the daemon when one serves the pool (init, serve and
   // events do not).
   virtual bool through_daemon() const { return true; }
+  // Whether `plan NAME ...` can run it as a dry run (it passes ctx.plan to the pool and
+  // stops after the operation when ctx.plan is set).
+  virtual bool plannable() const { return false; }
 };
 
 using CommandList = std::vector<std::unique_ptr<Command>>;

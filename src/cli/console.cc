@@ -1,7 +1,10 @@
 #include "cli/console.h"
 
 #include <algorithm>
+#include <nlohmann/json.hpp>
 #include <ostream>
+
+#include "cli/views.h"
 
 namespace tp::cli {
 namespace {
@@ -28,11 +31,46 @@ int exit_status_for(const Error& e) {
 }
 
 int Context::fail(std::string_view command, std::string_view subject, const Error& e) const {
-  return fail(command, subject, e.to_string(), exit_status_for(e));
+  return fail(command, subject, e, exit_status_for(e));
+}
+
+int Context::fail(std::string_view command, std::string_view subject, const Error& e, int status,
+                  std::string_view unnamed) const {
+  nlohmann::json detail{{"code", errc_name(e.code)}, {"what", e.what}};
+  if (!e.space.present()) {
+    return report_failure(command, subject, e.to_string(), status, std::move(detail), true);
+  }
+  // A space refusal: the engine's numbers, with the volumes named.
+  Error plain = e;
+  plain.space = SpaceNeed{};
+  const std::string_view fallback = unnamed.empty() ? subject : unnamed;
+  const std::string reason =
+      plain.to_string() + ": " + space_text(e.space, volume_name, command, fallback);
+  add_space_json(e.space, volume_name, fallback, detail);
+  // A dry run reports its plan instead of an error document (with_pool).
+  return report_failure(command, subject, reason, status, std::move(detail), plan == nullptr);
 }
 
 int Context::fail(std::string_view command, std::string_view subject, std::string_view reason,
                   int status) const {
+  return report_failure(command, subject, reason, status, nlohmann::json::object(), true);
+}
+
+int Context::report_failure(std::string_view command, std::string_view subject,
+                            std::string_view reason, int status, nlohmann::json detail,
+                            bool document) const {
+  if (json && document && !reported) {
+    detail["command"] = command;
+    detail["subject"] = subject;
+    detail["message"] = one_line(reason);
+    detail["exit_status"] = status;
+    // Paths may be any bytes: never throw on invalid UTF-8.
+    con.out << nlohmann::json{{"error", std::move(detail)}}.dump(
+                   2, ' ', false, nlohmann::json::error_handler_t::replace)
+            << '\n'
+            << std::flush;
+    reported = true;
+  }
   std::string line = "thinpool: ";
   if (!command.empty()) {
     line += one_line(command);

@@ -3,10 +3,15 @@
 // that turns an error into a message and an exit status (CLI.md "Exit status").
 //
 // Messages: exactly one line on stderr, `thinpool: <command>: <subject>: <reason>`, where
-// subject is the volume or path concerned. With --json, stdout receives nothing on error.
+// subject is the volume or path concerned. A space refusal adds what was needed and what
+// was available, in bytes and blocks, naming the volumes. With --json, stdout also gets one
+// JSON document, {"error": {command, subject, code, message, exit_status, and for a space
+// refusal the fields of add_space_json}}, unless the command printed its report already.
 
 #include <cstdint>
+#include <functional>
 #include <iosfwd>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -15,6 +20,9 @@
 
 namespace tp::daemon {
 struct Services;
+}
+namespace tp::thin {
+struct SpacePlan;
 }
 
 namespace tp::cli {
@@ -44,19 +52,37 @@ struct Context {
   // client's (cwd).
   const daemon::Services* served = nullptr;
   std::string cwd;
+  // `plan OP ...`: the command runs as a dry run into this plan, and with_pool reports the
+  // plan instead of the command's own report (CLI.md "plan").
+  thin::SpacePlan* plan = nullptr;
+  // While with_pool has the pool open: the name of the volume with a thin device id ("" for
+  // none), to name the volumes in a space refusal.
+  mutable std::function<std::string(uint64_t dev)> volume_name;
+  // Something was printed on stdout: no JSON error document after it (one document a run).
+  mutable bool reported = false;
 
   // A file argument: relative to the client's directory when served.
   std::string path(const std::string& p) const {
     return served && !cwd.empty() && !p.empty() && p[0] != '/' ? cwd + "/" + p : p;
   }
 
-  // Prints the one-line message and returns the status for it.
+  // Prints the one-line message and returns the status for it (exit_status_for(e), or
+  // status).
   int fail(std::string_view command, std::string_view subject, const Error& e) const;
+  // unnamed: the volume a space refusal is for when its numbers name none (one the
+  // operation would create); subject when empty.
+  int fail(std::string_view command, std::string_view subject, const Error& e, int status,
+           std::string_view unnamed = {}) const;
   int fail(std::string_view command, std::string_view subject, std::string_view reason,
            int status) const;
   int usage(std::string_view command, std::string_view subject, std::string_view reason) const {
     return fail(command, subject, reason, kExitUsage);
   }
+
+ private:
+  // The message line, and with --json (document) the error document with detail's fields.
+  int report_failure(std::string_view command, std::string_view subject, std::string_view reason,
+                     int status, nlohmann::json detail, bool document) const;
 };
 
 // A text table with aligned columns; `right` marks the columns aligned right (numbers).

@@ -1,11 +1,14 @@
 #include "cli/pool_access.h"
 
+#include <fmt/format.h>
 #include <sys/stat.h>
 
 #include <cerrno>
 #include <cstring>
 #include <ostream>
 
+#include "cli/size.h"
+#include "cli/views.h"
 #include "daemon/group_commit.h"
 #include "daemon/pool_export.h"
 #include "daemon/serve.h"
@@ -21,6 +24,7 @@ int print_report(const Context& ctx, std::string_view command, const Report& rep
     ctx.con.out << report.text;
   }
   ctx.con.out << std::flush;
+  ctx.reported = true;
   if (!ctx.con.out) {
     return ctx.fail(command, "stdout", "write error", kExitFailed);
   }
@@ -94,29 +98,94 @@ int close_pool(const Context& ctx, std::string_view command, std::unique_ptr<thi
   return status;
 }
 
+namespace {
+
+// What `plan` prints: whether the operation fits and by how much (CLI.md "plan").
+Report plan_report(const Context& ctx, std::string_view command) {
+  const thin::SpacePlan& p = *ctx.plan;
+  const SpaceNeed& n = p.need;
+  Report r;
+  r.json["command"] = command;
+  r.json["fits"] = p.fits();
+  add_space_json(n, ctx.volume_name, "", r.json);
+  const uint64_t spare = p.fits() ? n.available() - n.need : 0;
+  r.json["spare_bytes"] = spare * n.unit_bytes;
+  r.json["spare_blocks"] = spare;
+  r.json["unreserved_after_bytes"] = p.unreserved_after * n.unit_bytes;
+  r.json["unreserved_after_blocks"] = p.unreserved_after;
+  auto amount = [&](uint64_t units) {
+    return fmt::format("{} ({} block{})", format_bytes(units * n.unit_bytes), units,
+                       units == 1 ? "" : "s");
+  };
+  const std::string numbers = space_text(n, ctx.volume_name, command, "the new volume");
+  r.text = p.fits() ? fmt::format("{} fits: {}; {} to spare, {} unreserved after it\n", command,
+                                  numbers, amount(spare), amount(p.unreserved_after))
+                    : fmt::format("{} does not fit: {}; {} short\n", command, numbers,
+                                  amount(n.need - n.available()));
+  return r;
+}
+
+// Names volumes by thin device id for the space numbers of a refusal or a plan while body
+// runs on pool.
+class VolumeNames {
+ public:
+  VolumeNames(const Context& ctx, thin::Pool& pool) : ctx_(ctx) {
+    ctx_.volume_name = [&pool](uint64_t dev) -> std::string {
+      for (const auto& v : pool.list(/*counts=*/false)) {
+        if (v.dev_id == dev) return v.name;
+      }
+      return "";
+    };
+  }
+  ~VolumeNames() { ctx_.volume_name = nullptr; }
+  VolumeNames(const VolumeNames&) = delete;
+  VolumeNames& operator=(const VolumeNames&) = delete;
+
+ private:
+  const Context& ctx_;
+};
+
+// Runs body; in a dry run, the plan becomes the report and its verdict the status.
+int run_body(const Context& ctx, std::string_view command, thin::Pool& pool,
+             const std::function<int(thin::Pool&, Report&)>& body, Report& report) {
+  VolumeNames names(ctx, pool);
+  int st = body(pool, report);
+  if (ctx.plan && ctx.plan->decided) {
+    report = plan_report(ctx, command);
+    st = ctx.plan->fits() ? kExitOk : kExitFailed;
+  }
+  return st;
+}
+
+}  // namespace
+
 int with_pool(const Context& ctx, std::string_view command,
               const std::function<int(thin::Pool&, Report&)>& body) {
+  // A dry run that does not fit prints its plan as well as the refusal.
+  auto print = [&](int st, const Report& report) {
+    const bool planned = ctx.plan && ctx.plan->decided;
+    if (st != kExitOk && !planned) return st;
+    int printed = print_report(ctx, command, report);
+    return st != kExitOk ? st : printed;
+  };
   if (ctx.served) {
     Report report;
-    int st = body(ctx.served->pool, report);
+    int st = run_body(ctx, command, ctx.served->pool, body, report);
     if (st == kExitOk) {
       if (auto r = ctx.served->commit.flush(); !r.ok()) {
         st = ctx.fail(command, ctx.pool_dir, r.error());
       }
     }
-    return st == kExitOk ? print_report(ctx, command, report) : st;
+    return print(st, report);
   }
   std::unique_ptr<thin::Pool> pool;
   if (int st = open_pool(ctx, command, &pool); st != kExitOk) {
     return st;
   }
   Report report;
-  int st = body(*pool, report);
+  int st = run_body(ctx, command, *pool, body, report);
   st = close_pool(ctx, command, std::move(pool), st);
-  if (st == kExitOk) {
-    st = print_report(ctx, command, report);
-  }
-  return st;
+  return print(st, report);
 }
 
 Result<void> unless_exported(const Context& ctx, const std::vector<std::string>& gone,

@@ -16,7 +16,44 @@ std::string both(uint64_t bytes) {
   return fmt::format("{} ({} bytes)", format_bytes(bytes), bytes);
 }
 
+std::string named(uint32_t dev, const VolumeNamer& name, std::string_view fallback) {
+  std::string v = dev != kNoDev && name ? name(dev) : "";
+  return v.empty() ? std::string(fallback) : v;
+}
+
 }  // namespace
+
+std::string space_text(const SpaceNeed& n, const VolumeNamer& name, std::string_view command,
+                       std::string_view fallback) {
+  // "52.00 MiB (832 blocks)", "512.00 KiB (128 metadata blocks)"
+  auto amount = [&](uint64_t units) {
+    return fmt::format("{} ({} {}block{})", format_bytes(units * n.unit_bytes), units,
+                       n.what_for == SpaceFor::kMetadata ? "metadata " : "", units == 1 ? "" : "s");
+  };
+  auto volume = [&](uint32_t dev) { return named(dev, name, ""); };
+  return describe_space(n, amount, volume, fallback, command);
+}
+
+void add_space_json(const SpaceNeed& n, const VolumeNamer& name, std::string_view fallback,
+                    nlohmann::json& j) {
+  const uint64_t u = n.unit_bytes;
+  auto both_units = [&](const char* key, uint64_t units) {
+    j[fmt::format("{}_bytes", key)] = units * u;
+    j[fmt::format("{}_blocks", key)] = units;
+  };
+  both_units("needed", n.need);
+  both_units("available", n.available());
+  both_units("unreserved", n.unreserved);
+  both_units("freed", n.freed);
+  both_units("own_reserved", n.own);
+  both_units("short", n.fits() ? 0 : n.need - n.available());
+  j["unit_bytes"] = u;
+  j["for"] = space_for_name(n.what_for);
+  const std::string vol = named(n.dev, name, fallback);
+  j["volume"] = vol.empty() ? nlohmann::json(nullptr) : nlohmann::json(vol);
+  const std::string with = named(n.shared_with, name, "");
+  j["shared_with"] = with.empty() ? nlohmann::json(nullptr) : nlohmann::json(with);
+}
 
 nlohmann::json pool_info_json(const thin::PoolInfo& info) {
   const uint64_t bb = info.block_bytes;

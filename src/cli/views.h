@@ -2,9 +2,11 @@
 // How pools and volumes look on the command line: JSON objects with stable field names
 // in bytes (CLI.md: scripts never parse human units) and human tables.
 
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "thin/pool.h"
@@ -31,5 +33,21 @@ nlohmann::json volume_json(const thin::VolumeInfo& v, uint32_t block_bytes);
 // open NBD connections per volume (absent: none).
 std::string volumes_table(const std::vector<thin::VolumeInfo>& vols, uint32_t block_bytes,
                           const std::map<std::string, unsigned>& exported = {});
+
+// Names a volume by its thin device id ("" when there is none).
+using VolumeNamer = std::function<std::string(uint64_t dev)>;
+
+// The numbers of a space refusal (Error::space) or of a plan, in words, bytes and blocks:
+// "needs 52.00 MiB (832 blocks) more reserved for the guarantee of base (shared with pre),
+// 52.00 MiB (832 blocks) available (0 B unreserved + 52.00 MiB (832 blocks) freed by the
+// rollback)". command: what frees the blocks; fallback: the volume named when the numbers
+// point at none (a volume the operation would create).
+std::string space_text(const SpaceNeed& n, const VolumeNamer& name, std::string_view command,
+                       std::string_view fallback);
+// The same as JSON fields, added to j: needed_bytes/_blocks, available_*, unreserved_*,
+// freed_*, own_reserved_*, short_* (what is missing, 0 when it fits), unit_bytes, "for"
+// (guarantee, reservation, write, metadata), volume, shared_with (names or null).
+void add_space_json(const SpaceNeed& n, const VolumeNamer& name, std::string_view fallback,
+                    nlohmann::json& j);
 
 }  // namespace tp::cli

@@ -22,10 +22,11 @@ uint16_t transmission_flags(const BlockTarget& t, bool structured) {
 }
 
 BlockSizes block_sizes(const BlockTarget& t) {
-  // 512 is the smallest size every client handles well; an export whose size is not a
-  // multiple of it (the CLI allows any byte size) advertises 1 so its tail stays reachable.
-  // Requests need not honour it: the session serves any byte range.
-  uint32_t min = t.size() % 512 == 0 ? 512 : 1;
+  // The minimum is 1: the session and the pool serve any byte range (a partial block is
+  // read-modify-written under the pool's lock), so a client need not round its requests
+  // (libnbd refuses unaligned ones itself when a larger minimum is advertised). The
+  // preferred size tells clients what is efficient.
+  const uint32_t min = 1;
   uint32_t pref = t.preferred_block_size();
   if (pref < 512 || !std::has_single_bit(pref)) pref = 4096;
   pref = std::min(pref, kMaxPayload);

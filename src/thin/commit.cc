@@ -230,7 +230,7 @@ Result<void> Pool::commit_run(bool checkpoint) {
     const bool records = !records_.empty();
     // Anything a checkpoint would change on disk (not just a data sync)?
     const bool changed = dirty_ || force_catalog_ || records ||
-                         (journal_ && journal_->used_bytes() > 0) || md_->has_freed() ||
+                         journal_batches_ > 0 || md_->has_freed() ||
                          md_->data_sm().nr_pending_free() > 0 || !unshared_.empty();
     if ((checkpoint && changed) || dirty_ || force_catalog_ || (!journal_ && changed)) {
       kind = kCheckpoint;
@@ -307,11 +307,14 @@ Result<void> Pool::commit_run(bool checkpoint) {
   if (kind == kCheckpoint) {
     md_->end_commit(ticket, true);
     if (journal_) journal_->reset(journal_base_locked());
+    journal_batches_ = journal_used_ = 0;
     last_checkpoint_ = std::chrono::steady_clock::now();
     checkpoints_++;
     if (catalog) force_catalog_ = false;
   } else if (kind == kJournal) {
     journal_commits_++;
+    journal_batches_ = journal_->batches();  // (no other commit runs: we hold commit_mu_)
+    journal_used_ = journal_->used_bytes();
   }
   // Punched before this commit's data sync began: durable holes now (unless handed out
   // since, which cleared the punched bit).
@@ -386,6 +389,8 @@ Result<void> Pool::open_journal(const DeviceWrapper& wrap) {
     return {};
   };
   TP_ASSIGN_OR_RETURN(replayed_, journal_->replay(journal_base_locked(), apply));
+  journal_batches_ = journal_->batches();
+  journal_used_ = journal_->used_bytes();
   return {};
 }
 

@@ -171,6 +171,7 @@ Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const OpenOptio
   TP_ASSIGN_OR_RETURN(p->lock_fd_, take_lock(dir));
   TP_ASSIGN_OR_RETURN(p->meta_dev_, io::open_file(path_in(dir, kMetadataFile)));
   if (opts.wrap_metadata) p->meta_dev_ = opts.wrap_metadata(std::move(p->meta_dev_));
+  p->md_cache_blocks_ = opts.metadata_cache_blocks;
   TP_ASSIGN_OR_RETURN(p->md_, pdata::ThinMetadata::open(*p->meta_dev_, opts.metadata_cache_blocks));
   TP_ASSIGN_OR_RETURN(catalog::CatalogFile cf,
                       catalog::CatalogFile::open(path_in(dir, kCatalogFile), p->md_->trans_id()));
@@ -217,7 +218,7 @@ Result<std::unique_ptr<Pool>> Pool::open(const std::string& dir, const OpenOptio
 
 uint64_t Pool::commit_id() {
   std::lock_guard lk(mu_);
-  return (md_->trans_id() << 24) + (journal_ ? journal_->batches() : 0);
+  return (md_->trans_id() << 24) + journal_batches_;
 }
 
 uint64_t Pool::metadata_writes() {
@@ -275,11 +276,9 @@ PoolInfo Pool::info() {
   i.volumes = cat_.volumes.size();
   i.data_file_allocated_bytes = data_->allocated_bytes();
   i.state = state_locked();
-  if (journal_) {
-    i.journal_bytes = journal_->capacity_bytes();
-    i.journal_used_bytes = journal_->used_bytes();
-    i.journal_batches = journal_->batches();
-  }
+  if (journal_) i.journal_bytes = journal_->capacity_bytes();
+  i.journal_used_bytes = journal_used_;
+  i.journal_batches = journal_batches_;
   i.journal_replayed_batches = replayed_.batches;
   i.journal_replayed_records = replayed_.records;
   i.checkpoints = checkpoints_;
@@ -357,7 +356,8 @@ Result<VolumeInfo> Pool::volume(const std::string& name, bool counts) {
 
 // ---------------------------------------------------------------- volume operations
 
-Result<void> Pool::create_volume(const std::string& name, uint64_t size_bytes, bool provision) {
+Result<void> Pool::create_volume(const std::string& name, uint64_t size_bytes, bool provision,
+                                 SpacePlan* plan) {
   if (!catalog::valid_volume_name(name)) {
     return make_error(Errc::kInvalidArgument, "invalid volume name");
   }
@@ -370,6 +370,11 @@ Result<void> Pool::create_volume(const std::string& name, uint64_t size_bytes, b
   if (cat_.find(name)) return make_error(Errc::kExists, "volume already exists");
   uint64_t dev = cat_.next_dev_id;
   if (dev > pdata::kMaxDevId) return make_error(Errc::kNoSpace, "no thin device ids left");
+  uint64_t nr_vblocks = (size_bytes + block_bytes_ - 1) / block_bytes_;
+  // Frees nothing: --provision needs every block of the volume unreserved.
+  TP_TRY(decide_locked(space_need_locked(provision ? nr_vblocks : 0, kNoDev, SpaceFor::kGuarantee),
+                       "not enough unreserved space to provision the volume", plan));
+  if (plan) return {};
   TP_TRY(md_->create_thin(dev));
   cat_.next_dev_id++;
   catalog::VolumeRecord rec;
@@ -377,11 +382,6 @@ Result<void> Pool::create_volume(const std::string& name, uint64_t size_bytes, b
   rec.dev_id = dev;
   rec.size_bytes = size_bytes;
   rec.created_unix = static_cast<int64_t>(::time(nullptr));
-  uint64_t nr_vblocks = (size_bytes + block_bytes_ - 1) / block_bytes_;
-  if (provision && nr_vblocks > unreserved_locked()) {
-    (void)md_->delete_device(dev);
-    return make_error(Errc::kNoSpace, "not enough unreserved space to provision the volume");
-  }
   cat_.volumes[name] = rec;
   dirty_ = true;
   if (provision) {
@@ -394,12 +394,15 @@ Result<void> Pool::create_volume(const std::string& name, uint64_t size_bytes, b
 }
 
 Result<void> Pool::snapshot(const std::string& origin, const std::string& name, bool writable,
-                            uint64_t reserve_bytes) {
+                            uint64_t reserve_bytes, SpacePlan* plan) {
   if (!catalog::valid_volume_name(name)) {
     return make_error(Errc::kInvalidArgument, "invalid volume name");
   }
   std::unique_lock lk(mu_);
   TP_TRY(live_locked());
+  // In-flight writes to the origin must land before the tree is shared (and the space
+  // counted below must not change meanwhile).
+  wait_idle_locked(lk);
   TP_ASSIGN_OR_RETURN(auto* o, record_locked(origin));
   if (cat_.find(name)) return make_error(Errc::kExists, "volume already exists");
   uint64_t dev = cat_.next_dev_id;
@@ -409,13 +412,14 @@ Result<void> Pool::snapshot(const std::string& origin, const std::string& name, 
   uint64_t o_guaranteed = catalog::covered_blocks(o->guarantee, 0, ~uint64_t{0});
   uint64_t o_g = g_.count(o->dev_id) ? g_[o->dev_id] : 0;
   uint64_t reserve_blocks = (reserve_bytes + block_bytes_ - 1) / block_bytes_;
-  if ((o_guaranteed - o_g) + reserve_blocks > unreserved_locked()) {
-    return make_error(Errc::kNoSpace,
-                      "not enough unreserved space for the snapshot's guarantees and reservation");
-  }
-  // In-flight writes to the origin must land before the tree is shared.
-  wait_idle_locked(lk);
-  TP_ASSIGN_OR_RETURN(o, record_locked(origin));  // (again after the wait)
+  // Frees nothing: decided up front. The space is for the origin's guarantee when it grows,
+  // else for the snapshot's reservation (the snapshot has no device id yet: kNoDev).
+  const uint64_t grows = o_guaranteed - o_g;
+  SpaceNeed n = grows ? space_need_locked(grows + reserve_blocks, o->dev_id, SpaceFor::kGuarantee)
+                      : space_need_locked(reserve_blocks, kNoDev, SpaceFor::kReservation);
+  TP_TRY(decide_locked(
+      n, "not enough unreserved space for the snapshot's guarantees and reservation", plan));
+  if (plan) return {};
   TP_TRY(md_->create_snap(dev, o->dev_id));
   set_g_locked(o->dev_id, o_guaranteed);
   cat_.next_dev_id++;
@@ -443,10 +447,12 @@ Result<void> Pool::remove_locked(const std::string& name) {
   return {};
 }
 
-Result<void> Pool::remove(const std::string& name, bool recursive) {
+Result<void> Pool::remove(const std::string& name, bool recursive, SpacePlan* plan) {
   std::unique_lock lk(mu_);
   TP_TRY(live_locked());
-  TP_TRY(record_locked(name));
+  TP_TRY(settle_locked(lk));
+  TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
+  const uint64_t dev = rec->dev_id;
   // Descendants, deepest first.
   std::vector<std::string> order;
   std::vector<std::string> frontier{name};
@@ -461,70 +467,107 @@ Result<void> Pool::remove(const std::string& name, bool recursive) {
   if (order.size() > 1 && !recursive) {
     return make_error(Errc::kBusy, "volume has snapshots (remove them or use --recursive)");
   }
-  wait_idle_locked(lk);
+  // Frees blocks and releases reservations; decided on the state after it like the others.
+  Tentative op(*this);
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
-    if (!cat_.find(*it)) continue;  // (removed while we waited)
     if (auto r = remove_locked(*it); !r.ok()) return abort_locked(r.error());
   }
   // Blocks the removed volumes shared may now be exclusive to a guaranteed volume.
   if (auto r = recompute_all_g_locked(); !r.ok()) return abort_locked(r.error());
-  return commit_after(lk);
+  return op.finish(lk, dev, kNoDev, "not enough space for the guarantees after the remove", plan);
 }
 
-Result<void> Pool::resize(const std::string& name, uint64_t size_bytes) {
+Result<void> Pool::resize(const std::string& name, uint64_t size_bytes, SpacePlan* plan) {
   TP_TRY(validate_size(size_bytes));
   std::unique_lock lk(mu_);
   TP_TRY(live_locked());
   TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
-  uint64_t dev = rec->dev_id;
+  const uint64_t dev = rec->dev_id;
   const uint64_t old = rec->size_bytes;
   const uint64_t B = block_bytes_;
-  if (size_bytes < old && size_bytes % B != 0) {
-    // The kept part of a partial last block must not bring old bytes back on regrow: zero
-    // the rest of it, through the write path, while the volume still has its old size.
-    const uint64_t tail_end = std::min(old, (size_bytes / B + 1) * B);
-    lk.unlock();
-    TP_TRY(write_zero_bytes(dev, size_bytes, tail_end - size_bytes));
-    lk.lock();
-    TP_TRY(live_locked());
-    TP_ASSIGN_OR_RETURN(rec, record_locked(name));
-    if (rec->dev_id != dev || rec->size_bytes != old) {
-      return make_error(Errc::kBusy, "volume changed while it was being resized");
-    }
-  }
   const uint64_t old_blocks = (old + B - 1) / B;
   const uint64_t new_blocks = (size_bytes + B - 1) / B;
   // A volume guaranteed to its end keeps that promise when it grows: the new tail is
   // provisioned (and must fit); a shrink cuts the guarantee.
   bool whole = !rec->guarantee.empty() &&
                catalog::covered_blocks(rec->guarantee, 0, old_blocks) == old_blocks;
-  if (size_bytes > old && whole && new_blocks > old_blocks) {
-    TP_TRY(idle_settled_locked(lk));
-    TP_ASSIGN_OR_RETURN(rec, record_locked(name));
-    if (rec->dev_id != dev || rec->size_bytes != old) {
+  if (size_bytes >= old) {
+    // Growing frees nothing: decided up front (the new tail is unmapped: one block each).
+    const uint64_t grow = whole && new_blocks > old_blocks ? new_blocks - old_blocks : 0;
+    if (grow) {
+      TP_TRY(idle_settled_locked(lk));  // freed blocks usable: the space counted is real
+      TP_ASSIGN_OR_RETURN(rec, record_locked(name));
+      if (rec->dev_id != dev || rec->size_bytes != old) {
+        return make_error(Errc::kBusy, "volume changed while it was being resized");
+      }
+    }
+    TP_TRY(decide_locked(space_need_locked(grow, dev, SpaceFor::kGuarantee),
+                         "not enough unreserved space to grow the guarantee", plan));
+    if (plan) return {};
+    catalog::VolumeRecord* w = cat_.find(name);
+    w->size_bytes = size_bytes;
+    dirty_ = true;
+    if (grow) {
+      auto cls = w->guarantee.back().cls;
+      if (auto r = provision_locked(name, old_blocks, new_blocks, cls, false); !r.ok()) {
+        return abort_locked(r.error());
+      }
+    }
+    return commit_after(lk);
+  }
+  // Shrinking frees the tail's blocks and cuts the guarantee; the kept part of a partial
+  // last block is zeroed (so old bytes never come back on regrow), which copies it when it
+  // is shared: decided on the state after it, counting that copy.
+  TP_TRY(settle_locked(lk));
+  TP_ASSIGN_OR_RETURN(rec, record_locked(name));
+  if (rec->dev_id != dev || rec->size_bytes != old) {
+    return make_error(Errc::kBusy, "volume changed while it was being resized");
+  }
+  Tentative op(*this);
+  Result<void> r = unmap_locked(dev, new_blocks, ~uint64_t{0});
+  catalog::VolumeRecord* w = cat_.find(name);
+  w->guarantee = catalog::remove_range(w->guarantee, new_blocks, ~uint64_t{0});
+  dirty_ = true;
+  if (r.ok()) {
+    auto g = compute_g_locked(*w);
+    if (g.ok()) set_g_locked(dev, *g);
+    r = g.ok() ? Result<void>() : Result<void>(g.error());
+  }
+  const uint64_t vb = size_bytes / B;
+  std::optional<pdata::Mapping> tail;
+  if (r.ok() && size_bytes % B != 0) {
+    auto m = md_->lookup(dev, vb);
+    if (m.ok()) tail = *m;
+    r = m.ok() ? Result<void>() : Result<void>(m.error());
+  }
+  if (!r.ok()) return abort_locked(r.error());
+  // The copy draws on the guarantee's block or the volume's reservation when it has one
+  // (allocate_locked's rule), else on unreserved space.
+  uint64_t extra = 0;
+  if (tail && tail->shared) {
+    bool from_g = catalog::is_covered(w->guarantee, vb) && g_.count(dev) && g_[dev] > 0;
+    extra = from_g || w->reserve_blocks > 0 ? 0 : 1;
+  }
+  TP_TRY(op.decide(dev, kNoDev, "not enough space for the guarantees after the shrink", plan,
+                   extra));
+  if (plan) return {};
+  note_space_locked();
+  if (tail) {
+    // The tail is unmapped in a commit first (with the old size: as a trim of it), so that
+    // the blocks it frees can pay for the copy; then the kept block's rest is zeroed through
+    // the write path; then the size changes. A crash in between leaves the volume at its old
+    // size with its tail trimmed (and maybe the block's rest zeroed).
+    TP_TRY(commit_after(lk));
+    TP_TRY(write_zero_bytes(dev, size_bytes, std::min(old, (vb + 1) * B) - size_bytes));
+    lk.lock();
+    TP_TRY(live_locked());
+    w = cat_.find(name);
+    if (!w || w->dev_id != dev || w->size_bytes != old) {
       return make_error(Errc::kBusy, "volume changed while it was being resized");
     }
-    if (new_blocks - old_blocks > unreserved_locked()) {
-      return make_error(Errc::kNoSpace, "not enough unreserved space to grow the guarantee");
-    }
   }
-  if (size_bytes < old) {
-    wait_idle_locked(lk);
-    TP_TRY(unmap_locked(dev, new_blocks, ~uint64_t{0}));
-  }
-  catalog::VolumeRecord* w = cat_.find(name);
   w->size_bytes = size_bytes;
   dirty_ = true;
-  if (new_blocks < old_blocks) {
-    w->guarantee = catalog::remove_range(w->guarantee, new_blocks, ~uint64_t{0});
-    TP_ASSIGN_OR_RETURN(uint64_t g, compute_g_locked(*w));
-    set_g_locked(dev, g);
-  } else if (whole && new_blocks > old_blocks) {
-    auto cls = w->guarantee.back().cls;
-    if (auto r = provision_locked(name, old_blocks, new_blocks, cls, false); !r.ok()) {
-      return abort_locked(r.error());
-    }
-  }
   return commit_after(lk);
 }
 
@@ -668,7 +711,8 @@ Result<void> Pool::write_impl(uint64_t dev, uint64_t off, std::span<const std::b
   thread_local std::vector<Target> targets;
   targets.clear();
   bool allocating = false;
-  int commits = 0;  // commits this request asked for to make progress
+  int commits = 0;          // commits this request asked for to make progress
+  Result<void> tail_error;  // the part after the targets could not be prepared
   unsigned slot;
   uint64_t vb0 = 0, vb1 = 0;
   for (;;) {
@@ -709,7 +753,7 @@ Result<void> Pool::write_impl(uint64_t dev, uint64_t off, std::span<const std::b
         continue;
       }
       if (md_->nr_free_metadata_blocks() < kMetadataSlice) {
-        stop = make_error(Errc::kNoSpace, "metadata space is low: only trim, remove and merge work");
+        stop = metadata_low_locked(dev);
         break;
       }
       DrawnFrom from;
@@ -734,6 +778,13 @@ Result<void> Pool::write_impl(uint64_t dev, uint64_t off, std::span<const std::b
                          static_cast<uint8_t>(from), durable_hole && !*m});
       allocating = true;
     }
+    if (!stop.ok() && stop.error().code == Errc::kNoSpace && !targets.empty()) {
+      // Out of space part way: the blocks that could be prepared are written (the pool fills
+      // up as far as it can), then the request fails.
+      tail_error = stop;
+      stop = {};
+      vb1 = targets.back().vb + 1;
+    }
     if (stop.ok()) {
       if (allocating) pending_.push_back({dev, vb0, vb1});
       slot = begin_io_locked();
@@ -751,9 +802,7 @@ Result<void> Pool::write_impl(uint64_t dev, uint64_t off, std::span<const std::b
     // Only blocks waiting for a commit stand in the way (freed ones, or a block that stops
     // being shared at the next commit): commit, then they are usable. One commit releases
     // every freed block; a block unshared by a change made meanwhile may need another.
-    if (!unshared && commits > 0) {
-      return make_error(Errc::kNoSpace, "pool is full (no unreserved blocks)");
-    }
+    if (!unshared && commits > 0) return write_no_space_locked(dev);
     if (commits >= 8) return make_error(Errc::kBusy, "block keeps waiting for a commit");
     lk.unlock();
     // Freed blocks the last checkpoint still references come back with a checkpoint only; a
@@ -766,7 +815,7 @@ Result<void> Pool::write_impl(uint64_t dev, uint64_t off, std::span<const std::b
 
   if (!allocating) {
     end_io(slot);
-    return res;
+    return res.ok() ? tail_error : res;
   }
   Result<void> ins;
   {
@@ -798,7 +847,8 @@ Result<void> Pool::write_impl(uint64_t dev, uint64_t off, std::span<const std::b
     if (!ins.ok()) note_state_locked();  // read-only: a metadata update failed half way
   }
   end_io(slot);
-  return res.ok() ? ins : res;
+  if (!res.ok()) return res;
+  return ins.ok() ? tail_error : ins;
 }
 
 Result<void> Pool::write_targets(const std::vector<Target>& targets, uint64_t off,

@@ -154,6 +154,15 @@ struct Extent {
   bool mapped = false;
 };
 
+// The answer of a dry run (`thinpool plan`): an operation run with a SpacePlan does
+// everything up to its space decision, fills the plan, and changes nothing.
+struct SpacePlan {
+  bool decided = false;           // the operation got as far as its space decision
+  SpaceNeed need;                 // what it needs and what is available (as its ENOSPC would say)
+  uint64_t unreserved_after = 0;  // unreserved blocks after it (0 when it does not fit)
+  bool fits() const { return need.fits(); }
+};
+
 struct CheckResult {
   std::vector<std::string> damage;
   std::vector<std::string> warnings;
@@ -200,31 +209,43 @@ class Pool {
   Result<uint64_t> dev_id(const std::string& name);
 
   // --- volume operations; each is committed before it returns ---
+  // Space rules: docs/SEMANTICS.md "Operations". An operation that frees blocks and changes
+  // reservations in one step (remove, merge, rollback, resize down, unprovision) is decided
+  // on the state after it: it is made on the in-memory transaction and committed when
+  // reserved <= free afterwards, else thrown away. A refusal is kNoSpace with the numbers
+  // (Error::space) and changes nothing. With plan (a dry run), an operation goes as far as
+  // its space decision, fills *plan, returns what it would return, and changes nothing.
+  //
   // provision: guarantee (and map) the whole volume; needs ceil(size/B) unreserved blocks.
-  Result<void> create_volume(const std::string& name, uint64_t size_bytes, bool provision = false);
+  Result<void> create_volume(const std::string& name, uint64_t size_bytes, bool provision = false,
+                             SpacePlan* plan = nullptr);
   // O(1) in the volume size. The origin's guaranteed blocks become shared, so its
   // reservation grows by their count; reserve_bytes is the snapshot's own write budget.
   // Both must fit in the unreserved space, else kNoSpace and nothing changes.
   Result<void> snapshot(const std::string& origin, const std::string& name, bool writable,
-                        uint64_t reserve_bytes = 0);
-  Result<void> remove(const std::string& name, bool recursive);
-  Result<void> resize(const std::string& name, uint64_t size_bytes);
+                        uint64_t reserve_bytes = 0, SpacePlan* plan = nullptr);
+  Result<void> remove(const std::string& name, bool recursive, SpacePlan* plan = nullptr);
+  Result<void> resize(const std::string& name, uint64_t size_bytes, SpacePlan* plan = nullptr);
   Result<void> extend(uint64_t data_bytes);
 
   // --- guaranteed space (SEMANTICS.md) ---
   // Maps (zero-filled, fallocated) every unmapped block of the whole blocks touching
   // [off, off+len) and adds them to the guarantee with class cls.
   Result<void> provision(const std::string& name, uint64_t off, uint64_t len,
-                         catalog::ProvisionClass cls = catalog::ProvisionClass::kData);
-  Result<void> unprovision(const std::string& name, uint64_t off, uint64_t len);
+                         catalog::ProvisionClass cls = catalog::ProvisionClass::kData,
+                         SpacePlan* plan = nullptr);
+  Result<void> unprovision(const std::string& name, uint64_t off, uint64_t len,
+                           SpacePlan* plan = nullptr);
   // Sets the explicit reservation to ceil(bytes / block) blocks (0 releases).
-  Result<void> reserve(const std::string& name, uint64_t bytes);
+  Result<void> reserve(const std::string& name, uint64_t bytes, SpacePlan* plan = nullptr);
   // The origin takes the snapshot's content; the snapshot disappears. Metadata only.
   // take_size: the origin also takes the snapshot's size (a guarantee that covered the
-  // whole origin then covers the new size, when that fits in the unreserved space).
-  Result<void> merge(const std::string& snapshot, bool take_size = false);
+  // whole origin then covers the new size, when that fits; else it keeps its old extent).
+  Result<void> merge(const std::string& snapshot, bool take_size = false,
+                     SpacePlan* plan = nullptr);
   // The volume takes a shared copy of the snapshot's content; the snapshot stays.
-  Result<void> rollback(const std::string& name, const std::string& snapshot);
+  Result<void> rollback(const std::string& name, const std::string& snapshot,
+                        SpacePlan* plan = nullptr);
   // Low-water mark: the state turns `low` when unreserved space falls below percent of the
   // pool; each crossing is counted in info() and runs hook (sh -c, THINPOOL_EVENT=low,
   // THINPOOL_POOL=DIR) without waiting for it. Persisted in the catalog.
@@ -272,7 +293,8 @@ class Pool {
   // crash, open() yields the id of the last commit that became durable.
   uint64_t commit_id();
 
-  // For tests and benchmarks.
+  // For tests and benchmarks. The reference is valid until the next volume operation (a
+  // refused one reopens the metadata: discard_transaction_locked).
   pdata::ThinMetadata& metadata() { return *md_; }
   io::BlockDevice& data_device() { return *data_; }
   uint64_t metadata_writes();
@@ -432,8 +454,65 @@ private:
   // so that a guarantee keeps every block it holds.
   void unallocate_locked(uint64_t dev, uint64_t block, DrawnFrom from);
   Result<void> provision_locked(const std::string& name, uint64_t vb_begin, uint64_t vb_end,
-                                catalog::ProvisionClass cls, bool zero_content);
+                                catalog::ProvisionClass cls, bool zero_content,
+                                SpacePlan* plan = nullptr);
   void note_space_locked();
+
+  // --- space decisions (space.cc; SEMANTICS.md "Operations") ---
+  // need units for dev's f, with the unit, the unreserved blocks now and dev filled in.
+  SpaceNeed space_need_locked(uint64_t need, uint64_t dev, SpaceFor f) const;
+  // The refusal of a write outside dev's guarantee on a full pool, and of an allocation
+  // when metadata space is low.
+  Error write_no_space_locked(uint64_t dev) const;
+  Error metadata_low_locked(uint64_t dev) const;
+  // An operation decided before it changes anything (nothing it does frees a block):
+  // fills *plan if given; kNoSpace with n when n does not fit. released: blocks of
+  // reservation it gives back (for the plan's unreserved_after).
+  static Result<void> decide_locked(const SpaceNeed& n, const char* what, SpacePlan* plan,
+                                    uint64_t released = 0);
+  // Returns (holding lk) with no request in flight and nothing uncommitted: the metadata on
+  // disk is the state in memory and the journal is empty (a checkpoint when needed), so an
+  // operation that follows is alone in its transaction and discard_transaction_locked()
+  // can return to this state. Requests wait until lk is released. REQUIRES: lk holds mu_
+  // (released while waiting).
+  Result<void> settle_locked(std::unique_lock<std::mutex>& lk);
+  // Throws the in-memory transaction away: the metadata is reopened from the committed
+  // superblock on meta_dev_ (the old ThinMetadata and its block manager are dropped without
+  // writing anything back: a transaction only writes shadows, never committed blocks), the
+  // catalog comes back from catfile_->current(), G is recomputed, and what was tied to the
+  // transaction (unshared_, dirty_, journal records) is cleared.
+  // REQUIRES: mu_ held since settle_locked() (so nothing else was uncommitted, no request
+  // is in flight or holds a block, and no commit is between its cut and its end). An error
+  // (the metadata cannot be read back) leaves the pool read-only.
+  Result<void> discard_transaction_locked();
+  // A volume operation decided on the state after it. Constructed after settle_locked(),
+  // it records the space accounting and keeps space events back (nothing is reported for
+  // a state that may be thrown away); the operation then changes the in-memory
+  // transaction and calls decide() (and commits) or finish().
+  class Tentative {
+   public:
+    explicit Tentative(Pool& p);
+    ~Tentative();
+    Tentative(const Tentative&) = delete;
+    Tentative& operator=(const Tentative&) = delete;
+    // Keeps the transaction when reserved + extra <= free after the operation (extra:
+    // blocks it will still allocate); else throws it away and returns kNoSpace (what) with
+    // the numbers, for the volume whose R(v) grew most (shared_with: dev or other, the one
+    // it was not). With plan: fills it and always throws the transaction away.
+    Result<void> decide(uint64_t dev, uint64_t other, const char* what, SpacePlan* plan,
+                        uint64_t extra = 0);
+    // decide(), then (unless it was a dry run) unlock lk and commit.
+    Result<void> finish(std::unique_lock<std::mutex>& lk, uint64_t dev, uint64_t other,
+                        const char* what, SpacePlan* plan);
+
+   private:
+    Pool& p_;
+    bool decided_ = false;
+    uint64_t free_ = 0, reserved_ = 0;
+    std::map<uint64_t, uint64_t> g_, e_;  // G(v) and E(v) by dev id, before
+  };
+  bool quiet_ = false;  // a Tentative operation is undecided: no space events yet
+  size_t md_cache_blocks_ = 4096;
   PoolState state_locked() const;
   Result<void> copy_metadata_locked(const std::string& path);
   // Reports a change of state_locked() to the event listener.
@@ -467,7 +546,8 @@ private:
   // Uncommitted changes a journal cannot carry (volume operations): the next commit is a
   // checkpoint. Mapping changes of requests are journal records instead (records_).
   bool dirty_ = false;
-  std::unique_ptr<Journal> journal_;  // null: every commit is a checkpoint
+  std::unique_ptr<Journal> journal_;  // null: every commit is a checkpoint (committer only)
+  uint64_t journal_batches_ = 0, journal_used_ = 0;  // durable since the checkpoint (mu_)
   std::vector<JournalRecord> records_;  // since the last cut
   bool records_unsafe_ = false;         // one of them must wait for the data sync
   std::chrono::steady_clock::time_point last_checkpoint_;

@@ -7,6 +7,14 @@
 // write path uses. G is kept up to date by the write path for v's own writes and trims;
 // when another volume's change can only make v's blocks *less* shared (remove, merge,
 // rollback), G of every guaranteed volume is recomputed by walking its guarantee.
+//
+// Space decisions (SEMANTICS.md "Operations"): an operation that only takes space
+// (create --provision, provision, snapshot, reserve, resize up) is checked before it changes
+// anything (decide_locked). One that frees blocks and changes reservations in one step
+// (remove, merge, rollback, resize down, unprovision) is made on the in-memory transaction
+// and judged on the state after it (Tentative): reserved <= free commits it, anything else
+// throws the transaction away (discard_transaction_locked). Either way a refusal carries the
+// numbers (Error::space), and a dry run (SpacePlan) stops at the decision.
 #include <spawn.h>
 #include <sys/wait.h>
 
@@ -83,6 +91,7 @@ Result<void> Pool::recompute_all_g_locked() {
 // Low-water mark: an event once per crossing (counted in info, and the hook command run
 // with THINPOOL_EVENT=low in the environment; not waited for).
 void Pool::note_space_locked() {
+  if (quiet_) return;  // an undecided operation: its states may be thrown away
   uint64_t nr = md_->nr_data_blocks();
   bool low = unreserved_locked() * 100 < uint64_t{cat_.settings.low_water_percent} * nr;
   if (low && !low_) {
@@ -153,9 +162,7 @@ Result<uint64_t> Pool::allocate_locked(const VolumeRecord& rec, uint64_t vb, Dra
     *from = DrawnFrom::kReserve;
     return b;
   }
-  if (unreserved_locked() == 0) {
-    return make_error(Errc::kNoSpace, "pool is full (no unreserved blocks)");
-  }
+  if (unreserved_locked() == 0) return write_no_space_locked(dev);
   TP_ASSIGN_OR_RETURN(uint64_t b, new_data_block_locked());
   note_space_locked();
   *from = DrawnFrom::kPool;
@@ -181,7 +188,7 @@ void Pool::unallocate_locked(uint64_t dev, uint64_t block, DrawnFrom from) {
 }
 
 Result<void> Pool::provision_locked(const std::string& name, uint64_t vb_begin, uint64_t vb_end,
-                                    ProvisionClass cls, bool zero_content) {
+                                    ProvisionClass cls, bool zero_content, SpacePlan* plan) {
   TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
   if (rec->read_only) return make_error(Errc::kReadOnly, "volume is a read-only snapshot");
   uint64_t dev = rec->dev_id;
@@ -201,9 +208,11 @@ Result<void> Pool::provision_locked(const std::string& name, uint64_t vb_begin, 
   uint64_t need = (vb_end - vb_begin) - already - exclusive_new;
   uint64_t unres = unreserved_locked();
   uint64_t from_e = need > unres ? need - unres : 0;
-  if (from_e > rec->reserve_blocks) {
-    return make_error(Errc::kNoSpace, "not enough unreserved space to provision the range");
-  }
+  // The volume's own reservation makes up for what the unreserved space lacks.
+  SpaceNeed n = space_need_locked(need, dev, SpaceFor::kGuarantee);
+  n.own = rec->reserve_blocks;
+  TP_TRY(decide_locked(n, "not enough unreserved space to provision the range", plan));
+  if (plan) return {};
   // Take the guarantee first: from now on G(v) holds a block for every unmapped or shared
   // block of the range, and the allocations below draw on it.
   VolumeRecord* w = cat_.find(name);
@@ -251,7 +260,7 @@ Result<void> Pool::set_low_water(uint32_t percent, const std::string& hook) {
 }
 
 Result<void> Pool::provision(const std::string& name, uint64_t off, uint64_t len,
-                             ProvisionClass cls) {
+                             ProvisionClass cls, SpacePlan* plan) {
   std::unique_lock lk(mu_);
   TP_TRY(live_locked());
   TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
@@ -265,10 +274,12 @@ Result<void> Pool::provision(const std::string& name, uint64_t off, uint64_t len
   TP_TRY(idle_settled_locked(lk));
   TP_ASSIGN_OR_RETURN(rec, record_locked(name));
   if (rec->size_bytes != size) return make_error(Errc::kBusy, "volume changed meanwhile");
-  if (auto r = provision_locked(name, off / B, (off + len + B - 1) / B, cls, false); !r.ok()) {
+  if (auto r = provision_locked(name, off / B, (off + len + B - 1) / B, cls, false, plan);
+      !r.ok()) {
     if (r.error().code == Errc::kNoSpace || r.error().code == Errc::kReadOnly) return r;
     return abort_locked(r.error());
   }
+  if (plan) return {};
   return commit_after(lk);
 }
 
@@ -327,9 +338,11 @@ Result<void> Pool::provision_zero(uint64_t dev, uint64_t off, uint64_t len) {
   return {};
 }
 
-Result<void> Pool::unprovision(const std::string& name, uint64_t off, uint64_t len) {
+Result<void> Pool::unprovision(const std::string& name, uint64_t off, uint64_t len,
+                               SpacePlan* plan) {
   std::unique_lock lk(mu_);
   TP_TRY(live_locked());
+  TP_TRY(settle_locked(lk));
   TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
   if (len == 0 || off > rec->size_bytes || len > rec->size_bytes - off) {
     return make_error(Errc::kInvalidArgument, "range is empty or beyond the end of the volume");
@@ -338,31 +351,40 @@ Result<void> Pool::unprovision(const std::string& name, uint64_t off, uint64_t l
   // Inward rounding: a block only partly in the range keeps its guarantee.
   uint64_t vb_begin = (off + B - 1) / B, vb_end = (off + len) / B;
   if (off + len == rec->size_bytes) vb_end = ~uint64_t{0};
-  if (vb_begin >= vb_end) return {};
-  VolumeRecord* w = cat_.find(name);
-  w->guarantee = catalog::remove_range(w->guarantee, vb_begin, vb_end);
-  TP_ASSIGN_OR_RETURN(uint64_t g, compute_g_locked(*w));
-  set_g_locked(w->dev_id, g);
-  return commit_change(lk);
+  // Releases what the guarantee reserved for the range: never needs space.
+  Tentative op(*this);
+  if (vb_begin < vb_end) {
+    VolumeRecord* w = cat_.find(name);
+    w->guarantee = catalog::remove_range(w->guarantee, vb_begin, vb_end);
+    auto g = compute_g_locked(*w);
+    if (!g.ok()) return abort_locked(g.error());
+    set_g_locked(w->dev_id, *g);
+    dirty_ = true;
+  }
+  return op.finish(lk, rec->dev_id, kNoDev,
+                   "not enough space for the guarantees after unprovision", plan);
 }
 
-Result<void> Pool::reserve(const std::string& name, uint64_t bytes) {
+Result<void> Pool::reserve(const std::string& name, uint64_t bytes, SpacePlan* plan) {
   std::unique_lock lk(mu_);
   TP_TRY(live_locked());
   TP_ASSIGN_OR_RETURN(auto* rec, record_locked(name));
   uint64_t want = (bytes + block_bytes_ - 1) / block_bytes_;
-  if (want > rec->reserve_blocks && want - rec->reserve_blocks > unreserved_locked()) {
-    return make_error(Errc::kNoSpace, "not enough unreserved space for the reservation");
-  }
+  // Frees nothing: only the increase needs unreserved blocks; a decrease gives them back.
+  uint64_t e = rec->reserve_blocks;
+  SpaceNeed n = space_need_locked(want > e ? want - e : 0, rec->dev_id, SpaceFor::kReservation);
+  TP_TRY(decide_locked(n, "not enough unreserved space for the reservation", plan,
+                       e > want ? e - want : 0));
+  if (plan) return {};
   reserved_ = reserved_ - rec->reserve_blocks + want;
   cat_.find(name)->reserve_blocks = want;
   return commit_change(lk);
 }
 
-Result<void> Pool::merge(const std::string& snapshot, bool take_size) {
+Result<void> Pool::merge(const std::string& snapshot, bool take_size, SpacePlan* plan) {
   std::unique_lock lk(mu_);
   TP_TRY(live_locked());
-  wait_idle_locked(lk);  // no request in flight (none starts while we hold mu_)
+  TP_TRY(settle_locked(lk));
   TP_ASSIGN_OR_RETURN(auto* snap, record_locked(snapshot));
   if (snap->origin.empty()) {
     return make_error(Errc::kInvalidArgument, "volume is not a snapshot: nothing to merge into");
@@ -378,6 +400,7 @@ Result<void> Pool::merge(const std::string& snapshot, bool take_size) {
   }
   std::string origin_name = origin->name;
   uint64_t odev = origin->dev_id, sdev = snap->dev_id;
+  Tentative op(*this);
   uint64_t osize = take_size ? snap->size_bytes : origin->size_bytes;
   const uint64_t B = block_bytes_;
   uint64_t old_blocks = (origin->size_bytes + B - 1) / B, new_blocks = (osize + B - 1) / B;
@@ -411,44 +434,190 @@ Result<void> Pool::merge(const std::string& snapshot, bool take_size) {
   }
   if (!r.ok()) return abort_locked(r.error());
   dirty_ = true;
-  return commit_after(lk);
+  return op.finish(lk, odev, kNoDev, "not enough space for the guarantees after the merge", plan);
 }
 
-Result<void> Pool::rollback(const std::string& name, const std::string& snapshot) {
+Result<void> Pool::rollback(const std::string& name, const std::string& snapshot, SpacePlan* plan) {
   std::unique_lock lk(mu_);
   TP_TRY(live_locked());
-  wait_idle_locked(lk);  // no request in flight (none starts while we hold mu_)
+  TP_TRY(settle_locked(lk));
   TP_ASSIGN_OR_RETURN(auto* vol, record_locked(name));
   TP_ASSIGN_OR_RETURN(auto* snap, record_locked(snapshot));
   if (vol == snap) return make_error(Errc::kInvalidArgument, "cannot roll a volume back to itself");
   if (vol->read_only) return make_error(Errc::kReadOnly, "volume is a read-only snapshot");
-  // Afterwards every guaranteed block of the volume is unmapped or shared with the
-  // snapshot: G(v) becomes the whole guarantee. That growth must fit.
-  uint64_t guaranteed = catalog::covered_blocks(vol->guarantee, 0, ~uint64_t{0});
-  uint64_t g = g_.count(vol->dev_id) ? g_[vol->dev_id] : 0;
-  // ... and, as for a snapshot of SNAP, SNAP's guaranteed blocks that are mapped and
-  // exclusive (and inside the volume) become shared with the volume.
-  uint64_t nr_vblocks_v = (vol->size_bytes + block_bytes_ - 1) / block_bytes_;
-  uint64_t snap_exclusive = 0;
-  for (const GuaranteeRange& r : snap->guarantee) {
-    if (r.begin >= nr_vblocks_v) break;
-    TP_TRY(md_->walk_exact(snap->dev_id, r.begin, std::min(r.end, nr_vblocks_v) - 1,
-                           [&](uint64_t, const pdata::Mapping& m) -> Result<bool> {
-                             snap_exclusive += !m.shared;
-                             return true;
-                           }));
-  }
-  if ((guaranteed - g) + snap_exclusive > unreserved_locked()) {
-    return make_error(Errc::kNoSpace, "not enough unreserved space to keep the guarantee");
-  }
-  uint64_t dev = vol->dev_id;
+  // Like a snapshot of SNAP under the volume's name: the volume's guaranteed blocks become
+  // unmapped or shared with SNAP (and SNAP's guaranteed blocks shared with the volume), so
+  // guarantees grow; the volume's old blocks are freed. Decided on the state after it.
+  Tentative op(*this);
+  uint64_t dev = vol->dev_id, sdev = snap->dev_id;
   uint64_t nr_vblocks = (vol->size_bytes + block_bytes_ - 1) / block_bytes_;
-  Result<void> r = md_->clone_tree_into(dev, snap->dev_id);
+  Result<void> r = md_->clone_tree_into(dev, sdev);
   if (r.ok()) r = unmap_locked(dev, nr_vblocks, ~uint64_t{0});
   if (r.ok()) r = recompute_all_g_locked();
   if (!r.ok()) return abort_locked(r.error());
   dirty_ = true;
-  return commit_after(lk);
+  return op.finish(lk, dev, sdev, "not enough space for the guarantees after the rollback", plan);
+}
+
+// ---------------------------------------------------------------- space decisions
+
+namespace {
+
+// A thin device id as SpaceNeed holds it (kNoDev for none).
+uint32_t dev32(uint64_t dev) {
+  return dev > pdata::kMaxDevId ? kNoDev : static_cast<uint32_t>(dev);
+}
+
+}  // namespace
+
+SpaceNeed Pool::space_need_locked(uint64_t need, uint64_t dev, SpaceFor f) const {
+  SpaceNeed n;
+  n.need = need;
+  n.unreserved = unreserved_locked();
+  n.unit_bytes = block_bytes_;
+  n.dev = dev32(dev);
+  n.what_for = f;
+  return n;
+}
+
+Error Pool::write_no_space_locked(uint64_t dev) const {
+  const VolumeRecord* rec = cat_.find_dev(dev);
+  SpaceNeed n = space_need_locked(1, dev, SpaceFor::kWrite);
+  n.own = rec ? rec->reserve_blocks : 0;
+  return space_error("pool is full (no unreserved blocks)", n);
+}
+
+Error Pool::metadata_low_locked(uint64_t dev) const {
+  SpaceNeed n;
+  n.need = kMetadataSlice;
+  n.unreserved = md_->nr_free_metadata_blocks();
+  n.unit_bytes = pdata::kBlockSize;
+  n.dev = dev32(dev);
+  n.what_for = SpaceFor::kMetadata;
+  return space_error("metadata space is low: only trim, remove and merge work", n);
+}
+
+namespace {
+
+void fill_plan(SpacePlan* plan, const SpaceNeed& n, uint64_t released) {
+  if (!plan) return;
+  plan->decided = true;
+  plan->need = n;
+  const uint64_t have = n.unreserved + n.freed;  // own is not unreserved space
+  plan->unreserved_after = n.fits() ? have - std::min(have, n.need) + released : 0;
+}
+
+}  // namespace
+
+Result<void> Pool::decide_locked(const SpaceNeed& n, const char* what, SpacePlan* plan,
+                                 uint64_t released) {
+  fill_plan(plan, n, released);
+  if (!n.fits()) return space_error(what, n);
+  return {};
+}
+
+Result<void> Pool::settle_locked(std::unique_lock<std::mutex>& lk) {
+  quiesce_++;  // requests wait until the caller releases mu_
+  struct Resume {
+    Pool* p;
+    ~Resume() {
+      if (--p->quiesce_ == 0) p->cv_.notify_all();
+    }
+  } resume{this};
+  for (int round = 0;; round++) {
+    wait_idle_locked(lk);
+    const bool uncommitted = dirty_ || force_catalog_ || !records_.empty() || journal_batches_ > 0 ||
+                             md_->has_freed() || md_->data_sm().nr_pending_free() > 0 ||
+                             !unshared_.empty();
+    if (!uncommitted) return {};
+    // Only requests that were in flight when we began can change the pool meanwhile (new ones
+    // wait), and other volume operations: a few rounds at most.
+    if (round == 8) return make_error(Errc::kBusy, "the pool keeps changing: try again");
+    lk.unlock();
+    Result<void> r = checkpoint();
+    lk.lock();
+    TP_TRY(r);
+    TP_TRY(live_locked());
+  }
+}
+
+Result<void> Pool::discard_transaction_locked() {
+  // Open the committed state before letting go of the old one: if it cannot be read, the
+  // pool keeps its (consistent, uncommitted) in-core state and turns read-only.
+  auto md = pdata::ThinMetadata::open(*meta_dev_, md_cache_blocks_);
+  if (!md.ok()) return abort_locked(md.error());
+  md_ = std::move(md).value();
+  cat_ = catfile_->current();
+  unshared_.clear();
+  records_.clear();  // the operation's own unmaps
+  records_unsafe_ = false;
+  dirty_ = false;
+  if (auto r = recompute_all_g_locked(); !r.ok()) return abort_locked(r.error());
+  return {};
+}
+
+Pool::Tentative::Tentative(Pool& p) : p_(p) {
+  p_.quiet_ = true;
+  free_ = p_.free_locked();
+  reserved_ = p_.reserved_;
+  g_ = p_.g_;
+  for (auto& [name, rec] : p_.cat_.volumes) e_[rec.dev_id] = rec.reserve_blocks;
+}
+
+Pool::Tentative::~Tentative() {
+  // After decide() the caller may have released mu_ (to commit): touch nothing then.
+  if (decided_) return;
+  // The operation stopped before its decision (an error; mu_ still held): report the state
+  // it left (read-only after a failed update).
+  p_.quiet_ = false;
+  p_.note_space_locked();
+}
+
+Result<void> Pool::Tentative::decide(uint64_t dev, uint64_t other, const char* what,
+                                     SpacePlan* plan, uint64_t extra) {
+  decided_ = true;
+  p_.quiet_ = false;
+  const uint64_t free = p_.free_locked(), reserved = p_.reserved_;
+  // The volume whose R(v) = G(v) + E(v) grew most is the one the space is for.
+  auto at = [](const std::map<uint64_t, uint64_t>& m, uint64_t d) {
+    auto it = m.find(d);
+    return it == m.end() ? uint64_t{0} : it->second;
+  };
+  uint64_t blame = dev, most = 0;
+  SpaceFor what_for = SpaceFor::kGuarantee;
+  for (auto& [name, rec] : p_.cat_.volumes) {
+    uint64_t g = at(p_.g_, rec.dev_id), g0 = at(g_, rec.dev_id);
+    uint64_t e = rec.reserve_blocks, e0 = at(e_, rec.dev_id);
+    if (g + e > g0 + e0 && g + e - (g0 + e0) > most) {
+      most = g + e - (g0 + e0);
+      blame = rec.dev_id;
+      what_for = g > g0 ? SpaceFor::kGuarantee : SpaceFor::kReservation;
+    }
+  }
+  // need = growth of reserved + blocks allocated; freed blocks count as available.
+  const uint64_t freed = free > free_ ? free - free_ : 0;
+  const uint64_t taken = (free_ > free ? free_ - free : 0) + extra;
+  const uint64_t grown = reserved + taken, shrunk = reserved_;
+  // Nothing reserves more: what is missing is the operation's own allocation (a write).
+  if (most == 0 && extra > 0) what_for = SpaceFor::kWrite;
+  SpaceNeed n = p_.space_need_locked(grown > shrunk ? grown - shrunk : 0, blame, what_for);
+  n.unreserved = free_ > reserved_ ? free_ - reserved_ : 0;
+  n.freed = freed;
+  n.shared_with = dev32(blame == dev ? other : blame == other ? dev : kNoDev);
+  fill_plan(plan, n, shrunk > grown ? shrunk - grown : 0);
+  if (plan || !n.fits()) {
+    TP_TRY(p_.discard_transaction_locked());
+    if (!n.fits()) return space_error(what, n);
+  }
+  return {};
+}
+
+Result<void> Pool::Tentative::finish(std::unique_lock<std::mutex>& lk, uint64_t dev,
+                                     uint64_t other, const char* what, SpacePlan* plan) {
+  TP_TRY(decide(dev, other, what, plan));
+  if (plan) return {};
+  p_.note_space_locked();
+  return p_.commit_after(lk);  // (nothing to commit when the operation changed nothing)
 }
 
 }  // namespace tp::thin

@@ -550,6 +550,79 @@ TEST_F(CliTest, GuaranteeJsonFieldsPerClass) {
   EXPECT_EQ(tp({"check"}).status, 0);
 }
 
+// --- space refusals and plans (issue 13) -------------------------------------------------
+
+TEST_F(CliTest, SpaceRefusalSaysWhatWasNeededAndAvailable) {
+  init();  // 1024 blocks of 64 KiB
+  ASSERT_EQ(tp({"create", "v", "--size", "1M"}).status, 0);
+  Outcome r = tp({"reserve", "v", "65M"});
+  EXPECT_EQ(r.status, kExitFailed);
+  expect_one_line(r);
+  EXPECT_NE(r.err.find("thinpool: reserve: v: out of space: "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("needs 65.00 MiB (1040 blocks) for the reservation of v, "
+                       "64.00 MiB (1024 blocks) available"),
+            std::string::npos)
+      << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+}
+
+TEST_F(CliTest, JsonSpaceRefusalIsAnErrorDocumentWithTheNumbers) {
+  init();
+  ASSERT_EQ(tp({"create", "v", "--size", "1M"}).status, 0);
+  Outcome r = tp({"reserve", "v", "65M", "--json"});
+  EXPECT_EQ(r.status, kExitFailed);
+  expect_one_line(r);
+  auto e = nlohmann::json::parse(r.out)["error"];
+  EXPECT_EQ(e["command"], "reserve");
+  EXPECT_EQ(e["subject"], "v");
+  EXPECT_EQ(e["code"], "out of space");
+  EXPECT_EQ(e["exit_status"], kExitFailed);
+  EXPECT_EQ(e["needed_bytes"], 65u << 20);
+  EXPECT_EQ(e["needed_blocks"], 1040u);
+  EXPECT_EQ(e["available_bytes"], 64u << 20);
+  EXPECT_EQ(e["available_blocks"], 1024u);
+  EXPECT_EQ(e["short_blocks"], 16u);
+  EXPECT_EQ(e["unit_bytes"], 65536u);
+  EXPECT_EQ(e["for"], "reservation");
+  EXPECT_EQ(e["volume"], "v");
+  EXPECT_TRUE(e["shared_with"].is_null());
+}
+
+TEST_F(CliTest, JsonErrorOfAnyFailureIsOneDocument) {
+  init();
+  Outcome r = tp({"remove", "nosuch", "--json"});
+  EXPECT_EQ(r.status, kExitFailed);
+  auto e = nlohmann::json::parse(r.out)["error"];
+  EXPECT_EQ(e["code"], "not found");
+  EXPECT_EQ(e["subject"], "nosuch");
+  EXPECT_FALSE(e.contains("needed_bytes"));
+}
+
+TEST_F(CliTest, PlanSaysWhetherItFitsAndChangesNothing) {
+  init();
+  ASSERT_EQ(tp({"create", "v", "--size", "1M"}).status, 0);
+  const std::string before = tp({"list", "--json"}).out;
+  Outcome fits = tp({"plan", "snapshot", "v", "s", "--reserve", "64M"});
+  ASSERT_EQ(fits.status, 0) << fits.err;
+  EXPECT_NE(fits.out.find("snapshot fits: needs 64.00 MiB (1024 blocks)"), std::string::npos)
+      << fits.out;
+  EXPECT_NE(fits.out.find("0 B (0 blocks) to spare"), std::string::npos) << fits.out;
+  Outcome no = tp({"plan", "snapshot", "v", "s", "--reserve", "65M", "--json"});
+  EXPECT_EQ(no.status, kExitFailed);
+  expect_one_line(no);  // the refusal snapshot itself would print
+  EXPECT_NE(no.err.find("thinpool: snapshot: s: out of space"), std::string::npos) << no.err;
+  auto j = nlohmann::json::parse(no.out);  // the plan, not an error document
+  EXPECT_EQ(j["fits"], false);
+  EXPECT_EQ(j["short_bytes"], 1u << 20);
+  EXPECT_EQ(j["needed_blocks"], 1040u);
+  EXPECT_EQ(tp({"list", "--json"}).out, before);
+  Outcome missing = tp({"plan", "rollback", "v", "--to", "nosuch"});
+  EXPECT_EQ(missing.status, kExitFailed);
+  EXPECT_NE(missing.err.find("nosuch"), std::string::npos) << missing.err;
+  EXPECT_TRUE(missing.out.empty()) << missing.out;
+  EXPECT_EQ(tp({"plan", "write", "v", tmp_ + "/x"}).status, kExitUsage);  // not plannable
+}
+
 TEST_F(CliTest, MergeAndRollbackReportTheOrigin) {
   init();
   ASSERT_EQ(tp({"create", "v", "--size", "1M"}).status, 0);

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # cli_bad_input: bad input never crashes thinpool, never changes the pool, gets the exit
 # status of CLI.md (1 failed, 2 usage, 3 damaged / not a pool) and exactly one line on
-# stderr starting "thinpool: ", with nothing on stdout. After every failure the pool still
-# checks clean and a volume reads back with the same sha256.
+# stderr starting "thinpool: ", with nothing on stdout (with --json: one JSON error document
+# with the same exit status). After every failure the pool still checks clean and a volume
+# reads back with the same sha256.
 #
 # Oversized sizes: a size above 8 EiB is rejected by the size parser and one above the
 # engine's 1 EiB volume limit (thin::kMaxVolumeBytes) by the CLI, both before the pool is
@@ -18,7 +19,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# expect STATUS CMD...: runs CMD, checks its exit status, one stderr line, empty stdout.
+# expect STATUS CMD...: runs CMD, checks its exit status, one stderr line, empty stdout (with
+# --json: the error document).
 expect() {
   local want=$1 got=0
   shift
@@ -26,7 +28,12 @@ expect() {
   [ "$got" -eq "$want" ] || fail "'$*' exited $got, expected $want: $(cat "$T/err")"
   [ "$(wc -l <"$T/err")" -eq 1 ] || fail "'$*' printed more or less than one line: $(cat "$T/err")"
   grep -q '^thinpool: ' "$T/err" || fail "'$*' message does not start with 'thinpool: '"
-  [ ! -s "$T/out" ] || fail "'$*' printed on stdout on error: $(cat "$T/out")"
+  if [[ " $* " == *" --json "* ]]; then
+    python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["error"]; sys.exit(0 if e["exit_status"] == int(sys.argv[2]) and e["message"] else 1)' \
+      "$T/out" "$want" || fail "'$*': stdout is not one JSON error document: $(cat "$T/out")"
+  else
+    [ ! -s "$T/out" ] || fail "'$*' printed on stdout on error: $(cat "$T/out")"
+  fi
 }
 
 # intact: the pool checks clean and vol reads back the same bytes.

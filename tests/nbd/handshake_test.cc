@@ -84,7 +84,7 @@ TEST_F(HandshakeTest, InfoAnswersWithoutEnteringTransmission) {
   EXPECT_EQ(str(std::span(r[1].data).subspan(2)), "snap");
   EXPECT_EQ(str(std::span(r[2].data).subspan(2)), "a snapshot");
   ASSERT_EQ(wire::load_be16(r[3].data.data()), kInfoBlockSize);
-  EXPECT_EQ(wire::load_be32(r[3].data.data() + 2), 512u);
+  EXPECT_EQ(wire::load_be32(r[3].data.data() + 2), 1u);  // minimum: any byte range is served
   EXPECT_EQ(wire::load_be32(r[3].data.data() + 6), 65536u);
   EXPECT_EQ(wire::load_be32(r[3].data.data() + 10), kMaxPayload);
   EXPECT_EQ(r[4].type, kRepAck);
@@ -304,10 +304,11 @@ TEST_F(HandshakeTest, OptionsAfterStopAreRefusedWithShutdown) {
   stopper.join();
 }
 
-TEST(BlockSizes, OddSizedExportsAdvertiseAMinimumOfOne) {
+// Any byte range is served (docs/CLI.md "NBD"), so every export says so: minimum 1.
+TEST(BlockSizes, EveryExportAdvertisesAMinimumOfOne) {
   testing::MemTarget even(std::make_shared<MemDisk>(8192));
   testing::MemTarget odd(std::make_shared<MemDisk>(8193));
-  EXPECT_EQ(block_sizes(even).min, 512u);
+  EXPECT_EQ(block_sizes(even).min, 1u);
   EXPECT_EQ(block_sizes(odd).min, 1u);
   EXPECT_EQ(block_sizes(odd).max, kMaxPayload);
 }

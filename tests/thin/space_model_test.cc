@@ -1,8 +1,11 @@
 // Randomized test of the space rules against a model (SEMANTICS.md "The space invariant"):
 // provision, reserve, snapshots with a budget, writes from several volumes, trims, merge,
-// rollback, remove. After every step the engine's free and reserved counts equal the
-// model's, the invariant holds, and ENOSPC happens exactly when the model says it must --
-// never for a write inside a guarantee.
+// rollback, remove, and runs of writes that fill the pool. After every step the engine's
+// free and reserved counts equal the model's, the invariant holds, and ENOSPC happens
+// exactly when the model says it must -- never for a write inside a guarantee. Merge,
+// rollback and remove (which free blocks and change reservations in one step) are refused
+// exactly when the state after them would break reserved <= free, and they run on a full
+// pool too.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -90,7 +93,9 @@ TEST(SpaceModelTest, RandomOperationsFollowTheSpaceRules) {
   std::mt19937_64 rng(77);
   const uint64_t ops = testing::scaled(20000);
   uint64_t enospc = 0, guaranteed_writes = 0, merges = 0, rollbacks = 0, next_name = 0;
-  std::string blk(kB, 'd');
+  uint64_t on_full_pool = 0;  // merge/rollback/remove with 0 unreserved
+  // Refused on their after-state: merges and removes never are (SEMANTICS.md).
+  uint64_t refused_merges = 0, refused_rollbacks = 0, refused_removes = 0;
   auto pick = [&](bool writable_only = false) -> std::string {
     std::vector<std::string> c;
     for (auto& [n, v] : m.vols) {
@@ -104,8 +109,26 @@ TEST(SpaceModelTest, RandomOperationsFollowTheSpaceRules) {
     } else {
       ASSERT_FALSE(r.ok()) << what << " step " << step << " should fail with ENOSPC";
       ASSERT_EQ(r.error().code, Errc::kNoSpace) << what << ": " << r.error().to_string();
+      ASSERT_TRUE(r.error().space.present()) << what << ": " << r.error().to_string();
       enospc++;
     }
+  };
+  // One write of a block (whole or in part), checked against the model; false: ENOSPC.
+  std::string blk(kB, 'd');
+  auto write_one = [&](const std::string& n, uint64_t vb, bool partial, uint64_t step) {
+    MVol& v = m.vols[n];
+    bool needs_block = !v.maps.count(vb) || m.shared(v, vb);
+    bool in_g = v.guar.count(vb) != 0;
+    bool fits = !needs_block || in_g || v.e > 0 || m.unreserved() > 0;
+    auto w = partial ? pool->write(*pool->dev_id(n), vb * kB + 1000, bytes_of(blk, 3000))
+                     : pool->write(*pool->dev_id(n), vb * kB, bytes_of(blk, kB));
+    expect(w, fits, in_g ? "guaranteed write" : "write", step);
+    guaranteed_writes += in_g;
+    if (fits && needs_block) {
+      if (!in_g && v.e > 0) v.e--;
+      m.map_new(v, vb);
+    }
+    return fits;
   };
   for (uint64_t step = 0; step < ops; step++) {
     int op = static_cast<int>(rng() % 100);
@@ -182,44 +205,51 @@ TEST(SpaceModelTest, RandomOperationsFollowTheSpaceRules) {
       }
       if (c.empty()) continue;
       std::string sn = c[rng() % c.size()];
-      ASSERT_TRUE(pool->merge(sn).ok()) << "merge step " << step;
-      MVol& ov = m.vols[m.vols[sn].origin];
-      m.copy_maps(ov, m.vols[sn]);
-      for (auto& [vb, id] : m.vols[sn].maps) m.unref(id);
-      m.vols.erase(sn);
-      merges++;
+      SpaceModel after = m;
+      after.copy_maps(after.vols[after.vols[sn].origin], after.vols[sn]);
+      for (auto& [vb, id] : after.vols[sn].maps) after.unref(id);
+      after.vols.erase(sn);
+      bool fits = after.reserved() <= after.free();
+      on_full_pool += m.unreserved() == 0;
+      expect(pool->merge(sn), fits, "merge", step);
+      refused_merges += !fits;
+      if (fits) {
+        m = std::move(after);
+        merges++;
+      }
     } else if (op < 18) {
       std::string n = pick(true), s = pick();
       if (n.empty() || n == s) continue;
-      MVol& v = m.vols[n];
-      const MVol& sv = m.vols[s];
-      // Like a snapshot of s under v's name: v's guarantee becomes all unmapped-or-shared,
-      // and s's guaranteed, mapped, exclusive blocks inside v become shared.
-      uint64_t snap_exclusive = 0;
-      for (uint64_t vb : sv.guar) {
-        snap_exclusive += vb < v.size && sv.maps.count(vb) && !m.shared(sv, vb);
-      }
-      bool fits = (v.guar.size() - m.g(v)) + snap_exclusive <= m.unreserved();
+      // Decided on the state after it: v takes s's blocks (sharing them), v's old blocks
+      // are freed where no one else maps them.
+      SpaceModel after = m;
+      after.copy_maps(after.vols[n], after.vols[s]);
+      bool fits = after.reserved() <= after.free();
+      on_full_pool += m.unreserved() == 0;
       expect(pool->rollback(n, s), fits, "rollback", step);
+      refused_rollbacks += !fits;
       if (fits) {
-        m.copy_maps(v, m.vols[s]);
+        m = std::move(after);
         rollbacks++;
       }
     } else if (op < 21) {
       std::string n = pick();
       bool kids = false;
       for (auto& [n2, v2] : m.vols) kids |= v2.origin == n;
+      on_full_pool += !kids && m.unreserved() == 0;
       auto r = pool->remove(n, false);
       if (kids) {
         ASSERT_EQ(r.error().code, Errc::kBusy);
         continue;
       }
-      ASSERT_TRUE(r.ok()) << "remove step " << step;
-      for (auto& [vb, id] : m.vols[n].maps) m.unref(id);
-      for (auto& [n2, v2] : m.vols) {
-        if (v2.origin == n) v2.origin.clear();
-      }
-      m.vols.erase(n);
+      SpaceModel after = m;
+      for (auto& [vb, id] : after.vols[n].maps) after.unref(id);
+      after.vols.erase(n);
+      bool fits = after.reserved() <= after.free();
+      expect(r, fits, "remove", step);
+      refused_removes += !fits;
+      if (!fits) continue;
+      m = std::move(after);
     } else if (op < 35) {
       std::string n = pick(true);
       if (n.empty()) continue;
@@ -229,24 +259,20 @@ TEST(SpaceModelTest, RandomOperationsFollowTheSpaceRules) {
       for (uint64_t vb = a; vb < b; vb++) m.unmap(v, vb);
     } else if (op < 37) {
       ASSERT_TRUE(pool->flush().ok());
+    } else if (op < 39) {
+      // Fill the pool: whole-block writes into one volume until one is refused.
+      std::string n = pick(true);
+      if (n.empty()) continue;
+      for (int i = 0; i < 64; i++) {
+        bool ok = write_one(n, rng() % m.vols[n].size, false, step);
+        if (::testing::Test::HasFatalFailure() || !ok) break;
+      }
     } else {
       std::string n = pick(true);
       if (n.empty()) continue;
-      MVol& v = m.vols[n];
-      uint64_t vb = rng() % v.size;
-      bool partial = rng() % 2 == 0;
-      bool needs_block = !v.maps.count(vb) || m.shared(v, vb);
-      bool in_g = v.guar.count(vb) != 0;
-      bool fits = !needs_block || in_g || v.e > 0 || m.unreserved() > 0;
-      auto w = partial ? pool->write(*pool->dev_id(n), vb * kB + 1000, bytes_of(blk, 3000))
-                       : pool->write(*pool->dev_id(n), vb * kB, bytes_of(blk, kB));
-      expect(w, fits, in_g ? "guaranteed write" : "write", step);
-      guaranteed_writes += in_g;
-      if (fits && needs_block) {
-        if (!in_g && v.e > 0) v.e--;
-        m.map_new(v, vb);
-      }
+      write_one(n, rng() % m.vols[n].size, rng() % 2 == 0, step);
     }
+    if (::testing::Test::HasFatalFailure()) return;
     PoolInfo i = pool->info();
     ASSERT_EQ(i.free_blocks, m.free()) << "step " << step;
     ASSERT_EQ(i.reserved_blocks, m.reserved()) << "step " << step;
@@ -258,11 +284,17 @@ TEST(SpaceModelTest, RandomOperationsFollowTheSpaceRules) {
   EXPECT_EQ(testing::thin_check(dir + "/metadata"), "");
   std::printf(
       "space model: %llu ops, %llu ENOSPC as predicted, %llu guaranteed writes, "
-      "%llu merges, %llu rollbacks\n",
+      "%llu merges, %llu rollbacks, %llu merges/rollbacks/removes on a full pool, %llu "
+      "rollbacks refused on their after-state\n",
       static_cast<unsigned long long>(ops), static_cast<unsigned long long>(enospc),
       static_cast<unsigned long long>(guaranteed_writes), static_cast<unsigned long long>(merges),
-      static_cast<unsigned long long>(rollbacks));
+      static_cast<unsigned long long>(rollbacks), static_cast<unsigned long long>(on_full_pool),
+      static_cast<unsigned long long>(refused_rollbacks));
   EXPECT_GT(enospc, 0u);
+  EXPECT_GT(on_full_pool, 0u);
+  EXPECT_GT(refused_rollbacks, 0u);
+  EXPECT_EQ(refused_merges, 0u);
+  EXPECT_EQ(refused_removes, 0u);
 }
 
 }  // namespace
