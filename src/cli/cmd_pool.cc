@@ -312,6 +312,28 @@ nlohmann::json lost_ranges_json(const thin::RepairedDevice& d, uint64_t block_by
   return out;
 }
 
+// What the metadata journal held when `check` looked: the metadata file lags it until a
+// checkpoint (SEMANTICS.md "Durability and isolation").
+std::string journal_text(const thin::CheckResult& res) {
+  std::string t;
+  if (res.journal_replayed_batches > 0) {
+    t += fmt::format(
+        "journal: {} batches ({} mapping changes) after the last checkpoint were replayed at "
+        "open (the pool was not closed cleanly)\n",
+        res.journal_replayed_batches, res.journal_replayed_records);
+  }
+  if (res.journal_pending_batches > 0) {
+    t += fmt::format("journal: {} batches since the last checkpoint\n",
+                     res.journal_pending_batches);
+  }
+  if (res.journal_replayed_batches + res.journal_pending_batches > 0) {
+    t += "journal: checkpointed before the check: the metadata file holds every mapping\n";
+  } else {
+    t += "journal: empty: the metadata file holds every mapping\n";
+  }
+  return t;
+}
+
 class CheckCommand final : public Command {
  public:
   const char* name() const override { return "check"; }
@@ -345,6 +367,9 @@ class CheckCommand final : public Command {
     r.json["thin_check"] = external_check_name(a.ext);
     r.json["nodes"] = res.nodes;
     r.json["mappings"] = res.mappings;
+    r.json["journal_replayed_batches"] = res.journal_replayed_batches;
+    r.json["journal_replayed_records"] = res.journal_replayed_records;
+    r.json["journal_pending_batches"] = res.journal_pending_batches;
     std::string& t = r.text;
     for (const auto& d : res.damage) {
       t += "damage: " + d + "\n";
@@ -352,6 +377,7 @@ class CheckCommand final : public Command {
     for (const auto& w : a.warnings) {
       t += "warning: " + w + "\n";
     }
+    t += journal_text(res);
     t += fmt::format("metadata: {} nodes, {} mappings: {}\n", res.nodes, res.mappings,
                      res.ok() ? "clean" : "DAMAGED");
     t += fmt::format("thin_check: {}\n", external_check_name(a.ext));

@@ -1093,12 +1093,15 @@ Result<CheckResult> Pool::check(const std::string& metadata_copy) {
     }
   } resume{this};
   wait_idle_locked(lk);
+  CheckResult res;
+  res.journal_replayed_batches = replayed_.batches;
+  res.journal_replayed_records = replayed_.records;
+  res.journal_pending_batches = journal_batches_;
   // A checkpoint always: the metadata file then holds everything and the journal is empty.
   lk.unlock();
   last_commit_ = commit_run(true);
   lk.lock();
   TP_TRY(last_commit_);
-  CheckResult res;
   TP_ASSIGN_OR_RETURN(auto rep, pdata::check_metadata(*md_));
   res.damage = std::move(rep.damage);
   res.warnings = std::move(rep.warnings);

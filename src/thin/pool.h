@@ -167,6 +167,11 @@ struct CheckResult {
   std::vector<std::string> damage;
   std::vector<std::string> warnings;
   uint64_t nodes = 0, mappings = 0;
+  // The metadata journal: batches (and their records) that followed the last checkpoint
+  // when the pool was opened (replayed: the pool was not closed cleanly), and batches
+  // written since then that the check checkpointed before it looked (a served pool).
+  uint64_t journal_replayed_batches = 0, journal_replayed_records = 0;
+  uint64_t journal_pending_batches = 0;
   bool ok() const { return damage.empty(); }
 };
 
