@@ -323,8 +323,8 @@ std::string journal_text(const thin::CheckResult& res) {
         res.journal_replayed_batches, res.journal_replayed_records);
   }
   if (res.journal_pending_batches > 0) {
-    t += fmt::format("journal: {} batches since the last checkpoint\n",
-                     res.journal_pending_batches);
+    t +=
+        fmt::format("journal: {} batches since the last checkpoint\n", res.journal_pending_batches);
   }
   if (res.journal_replayed_batches + res.journal_pending_batches > 0) {
     t += "journal: checkpointed before the check: the metadata file holds every mapping\n";

@@ -131,12 +131,12 @@ std::string pool_info_text(const std::string& dir, const thin::PoolInfo& info) {
                                 format_bytes(info.journal_used_bytes),
                                 format_bytes(info.journal_bytes), info.journal_batches)});
   if (info.journal_replayed_batches > 0) {
-    t.add({"journal replayed", fmt::format("{} batches ({} mapping changes) at open",
-                                           info.journal_replayed_batches,
-                                           info.journal_replayed_records)});
+    t.add({"journal replayed",
+           fmt::format("{} batches ({} mapping changes) at open", info.journal_replayed_batches,
+                       info.journal_replayed_records)});
   }
-  t.add({"commits", fmt::format("{} checkpoints, {} journal commits since open",
-                                info.checkpoints, info.journal_commits)});
+  t.add({"commits", fmt::format("{} checkpoints, {} journal commits since open", info.checkpoints,
+                                info.journal_commits)});
   std::ostringstream os;
   t.print(os);
   // The header row of a key/value table is empty: drop it.

@@ -139,7 +139,8 @@ Result<std::unique_ptr<Pool>> Pool::create(const std::string& dir, const PoolOpt
       catalog::CatalogFile cf,
       catalog::CatalogFile::create(path_in(dir, kCatalogFile), p->cat_, p->md_->trans_id()));
   p->catfile_ = std::make_unique<catalog::CatalogFile>(std::move(cf));
-  TP_TRY(Journal::create_file(path_in(dir, Journal::kFileName), Journal::default_bytes(meta_bytes)));
+  TP_TRY(
+      Journal::create_file(path_in(dir, Journal::kFileName), Journal::default_bytes(meta_bytes)));
   TP_TRY(p->open_journal(nullptr));
   TP_TRY(p->start());
   return p;
@@ -548,8 +549,8 @@ Result<void> Pool::resize(const std::string& name, uint64_t size_bytes, SpacePla
     bool from_g = catalog::is_covered(w->guarantee, vb) && g_.count(dev) && g_[dev] > 0;
     extra = from_g || w->reserve_blocks > 0 ? 0 : 1;
   }
-  TP_TRY(op.decide(dev, kNoDev, "not enough space for the guarantees after the shrink", plan,
-                   extra));
+  TP_TRY(
+      op.decide(dev, kNoDev, "not enough space for the guarantees after the shrink", plan, extra));
   if (plan) return {};
   note_space_locked();
   if (tail) {
@@ -585,7 +586,8 @@ Result<void> Pool::extend(uint64_t data_bytes) {
   TP_TRY(data_->resize(nr * block_bytes_));
   TP_TRY(md_->resize_data(nr));
   // The new blocks of the last region are holes the region's earlier scan did not see.
-  if (old_nr / kHoleRegionBlocks < hole_scanned_.size()) hole_scanned_[old_nr / kHoleRegionBlocks] = 0;
+  if (old_nr / kHoleRegionBlocks < hole_scanned_.size())
+    hole_scanned_[old_nr / kHoleRegionBlocks] = 0;
   cat_.settings.data_bytes = nr * block_bytes_;
   hole_bits_.resize((nr + 63) / 64, 0);
   hole_scanned_.resize((nr + kHoleRegionBlocks - 1) / kHoleRegionBlocks, 0);
@@ -733,7 +735,7 @@ Result<void> Pool::write_impl(uint64_t dev, uint64_t off, std::span<const std::b
     }
     targets.clear();
     allocating = false;
-    Result<void> stop;     // why planning stopped early
+    Result<void> stop;      // why planning stopped early
     bool unshared = false;  // ... at a block that stops being shared at the next commit
     for (uint64_t vb = vb0; vb < vb1; vb++) {
       auto m = md_->lookup(dev, vb);
@@ -771,7 +773,8 @@ Result<void> Pool::write_impl(uint64_t dev, uint64_t off, std::span<const std::b
       } else {
         fill = known_hole_locked(*nb) ? Fill::kHole : Fill::kZeroPad;
       }
-      const bool durable_hole = fill == Fill::kHole || (fill == Fill::kWhole && known_hole_locked(*nb));
+      const bool durable_hole =
+          fill == Fill::kHole || (fill == Fill::kWhole && known_hole_locked(*nb));
       set_hole_locked(*nb, false);
       set_bit(punched_bits_, *nb, false);
       targets.push_back({vb, *nb, fill, *m ? (*m)->data_block : kNoBlock,
@@ -792,7 +795,8 @@ Result<void> Pool::write_impl(uint64_t dev, uint64_t off, std::span<const std::b
     }
     // Nothing was done yet: give back what was held, then fail or commit and try again.
     for (const Target& t : targets) {
-      if (t.fill != Fill::kInPlace) unallocate_locked(dev, t.block, static_cast<DrawnFrom>(t.drawn));
+      if (t.fill != Fill::kInPlace)
+        unallocate_locked(dev, t.block, static_cast<DrawnFrom>(t.drawn));
     }
     targets.clear();
     if (!is_wait_commit(stop)) {
@@ -824,7 +828,8 @@ Result<void> Pool::write_impl(uint64_t dev, uint64_t off, std::span<const std::b
       if (t.fill == Fill::kInPlace) continue;
       if (res.ok() && ins.ok()) {
         ins = md_->insert_held(dev, t.vb, t.block);
-        if (ins.ok() && t.old_block != kNoBlock) ins = release_shared_locked(dev, t.vb, t.old_block);
+        if (ins.ok() && t.old_block != kNoBlock)
+          ins = release_shared_locked(dev, t.vb, t.old_block);
         if (ins.ok()) {
           const auto from = static_cast<DrawnFrom>(t.drawn);
           journal_locked({JournalRecord::kMap,
@@ -985,8 +990,7 @@ Result<void> Pool::write_zeroes(uint64_t dev, uint64_t off, uint64_t len) {
       TP_TRY(check_writable_locked(dev));
       TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
       if (off > rec->size_bytes || len > rec->size_bytes - off) {
-        return make_error(Errc::kInvalidArgument, "write_zeroes beyond the end of the volume",
-                          off);
+        return make_error(Errc::kInvalidArgument, "write_zeroes beyond the end of the volume", off);
       }
       uint64_t first = (off + B - 1) / B, last = end / B;
       if (end == rec->size_bytes) last = (end + B - 1) / B;
@@ -1001,7 +1005,7 @@ Result<void> Pool::write_zeroes(uint64_t dev, uint64_t off, uint64_t len) {
   // Partial blocks at either end: zeros where the block is mapped (unmapped reads zeros).
   const uint64_t vb_h = off / B, vb_t = (end - 1) / B;
   auto partial = [&](uint64_t a, uint64_t b) -> Result<void> {  // [a, b) inside one block
-    if (a % B == 0 && b - a == B) return {};                     // whole: unmapped above
+    if (a % B == 0 && b - a == B) return {};                    // whole: unmapped above
     return write_zero_bytes(dev, a, b - a);
   };
   TP_TRY(partial(off, std::min(end, (vb_h + 1) * B)));

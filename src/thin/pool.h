@@ -304,7 +304,7 @@ class Pool {
   io::BlockDevice& data_device() { return *data_; }
   uint64_t metadata_writes();
 
-private:
+ private:
   Pool();  // (in commit.cc, where Syncer is complete)
   class Syncer;
   // Finishes open/create: syncs the data device (holes seen from now on are durable) and
@@ -407,11 +407,11 @@ private:
   Result<void> check_writable_locked(uint64_t dev);
   // How one block of a write is done.
   enum class Fill : uint8_t {
-    kInPlace,      // mapped and exclusive: written where it is
-    kWhole,        // new block covered by the write
-    kHole,         // new block known to read as zeros: only the written bytes
-    kZeroPad,      // new block of unknown content: zeros around the written bytes
-    kCopy,         // copy-on-write: the old block's bytes around the written ones
+    kInPlace,  // mapped and exclusive: written where it is
+    kWhole,    // new block covered by the write
+    kHole,     // new block known to read as zeros: only the written bytes
+    kZeroPad,  // new block of unknown content: zeros around the written bytes
+    kCopy,     // copy-on-write: the old block's bytes around the written ones
   };
   struct Target {
     uint64_t vb, block;
@@ -553,8 +553,8 @@ private:
   bool dirty_ = false;
   std::unique_ptr<Journal> journal_;  // null: every commit is a checkpoint (committer only)
   uint64_t journal_batches_ = 0, journal_used_ = 0;  // durable since the checkpoint (mu_)
-  std::vector<JournalRecord> records_;  // since the last cut
-  bool records_unsafe_ = false;         // one of them must wait for the data sync
+  std::vector<JournalRecord> records_;               // since the last cut
+  bool records_unsafe_ = false;                      // one of them must wait for the data sync
   std::chrono::steady_clock::time_point last_checkpoint_;
   Journal::Replayed replayed_;
   uint64_t checkpoints_ = 0, journal_commits_ = 0;

@@ -1,7 +1,6 @@
 // The command line driven in-process: exit statuses, one-line errors, JSON output.
 
 #include "cli/app.h"
-#include "thin/pool.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -14,6 +13,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "thin/pool.h"
 
 namespace tp::cli {
 namespace {
@@ -143,11 +144,11 @@ TEST_F(CliTest, InitInfoJsonFields) {
   Outcome info = tp({"info", "--json"});
   ASSERT_EQ(info.status, 0) << info.err;
   j = nlohmann::json::parse(info.out);
-  for (const char* k : {"block_bytes", "size_bytes", "used_bytes", "free_bytes", "reserved_bytes",
-                        "unreserved_bytes", "metadata_bytes", "metadata_used_bytes",
-                        "transaction_id", "state", "low_water_percent", "volumes",
-                        "journal_bytes", "journal_used_bytes", "journal_batches",
-                        "journal_replayed_batches", "checkpoints", "journal_commits"}) {
+  for (const char* k :
+       {"block_bytes", "size_bytes", "used_bytes", "free_bytes", "reserved_bytes",
+        "unreserved_bytes", "metadata_bytes", "metadata_used_bytes", "transaction_id", "state",
+        "low_water_percent", "volumes", "journal_bytes", "journal_used_bytes", "journal_batches",
+        "journal_replayed_batches", "checkpoints", "journal_commits"}) {
     EXPECT_TRUE(j.contains(k)) << k;
   }
   EXPECT_EQ(j["state"], "ok");

@@ -3,8 +3,11 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <condition_variable>
 #include <cstdlib>
+#include <future>
 #include <map>
+#include <mutex>
 #include <random>
 #include <regex>
 #include <thread>
@@ -512,6 +515,111 @@ TEST(PoolConcurrency, ReadDuringWholeBlockCopyOnWriteSeesOldOrNew) {
   EXPECT_EQ(s, std::string(kB, 'A'));
   ASSERT_TRUE(p.close().ok());
 }
+
+// A device whose flush() waits at a gate the test opens: a commit stuck in its sync.
+class GatedFlush final : public testing::ForwardingDevice {
+ public:
+  explicit GatedFlush(std::unique_ptr<io::BlockDevice> d)
+      : ForwardingDevice(*d), own_(std::move(d)) {}
+  Result<void> flush() override {
+    {
+      std::unique_lock lk(mu_);
+      if (closed_) {
+        waiting_++;
+        cv_.notify_all();
+        cv_.wait(lk, [&] { return !closed_; });
+      }
+    }
+    return ForwardingDevice::flush();
+  }
+  void close() {
+    std::lock_guard lk(mu_);
+    closed_ = true;
+  }
+  void open() {
+    std::lock_guard lk(mu_);
+    closed_ = false;
+    cv_.notify_all();
+  }
+  // Waits (at most 10 s) until a flush waits at the closed gate.
+  bool wait_for_waiter() {
+    std::unique_lock lk(mu_);
+    return cv_.wait_for(lk, std::chrono::seconds(10), [&] { return waiting_ > 0; });
+  }
+
+ private:
+  std::unique_ptr<io::BlockDevice> own_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool closed_ = false;
+  int waiting_ = 0;
+};
+
+// Issue 12: writes never wait for a commit. While a commit is stuck in a sync (of the data
+// device: a journal commit; of the metadata device: a checkpoint), an in-place write, a
+// write that allocates a fresh block (into the next transaction) and a read all complete;
+// once the sync finishes, everything flushed after it reads back after a reopen.
+class WritesDuringACommit : public ::testing::TestWithParam<bool> {};
+
+TEST_P(WritesDuringACommit, InPlaceAndFreshWritesAndReadsComplete) {
+  const bool checkpoint = GetParam();
+  TempDir tmp;
+  const std::string dir = tmp.file("pool");
+  {
+    auto p = make_pool(dir, 16ull << 20);
+    ASSERT_TRUE(p);
+    ASSERT_TRUE(p->create_volume("v", 32 * kB).ok());
+    ASSERT_TRUE(p->write(*p->dev_id("v"), 0, as_bytes(std::string(kB, 'a'))).ok());
+    ASSERT_TRUE(p->close().ok());
+  }
+  GatedFlush* gate = nullptr;
+  auto wrap = [&gate](std::unique_ptr<io::BlockDevice> d) -> std::unique_ptr<io::BlockDevice> {
+    auto g = std::make_unique<GatedFlush>(std::move(d));
+    gate = g.get();
+    return g;
+  };
+  auto opened = checkpoint ? Pool::open(dir, wrap) : Pool::open(dir, nullptr, wrap);
+  ASSERT_TRUE(opened.ok()) << opened.error().to_string();
+  Pool& p = **opened;
+  const uint64_t v = *p.dev_id("v");
+  ASSERT_TRUE(p.write(v, kB, as_bytes(std::string(kB, 'b'))).ok());  // something to commit
+  gate->close();
+  auto commit =
+      std::async(std::launch::async, [&] { return checkpoint ? p.checkpoint() : p.flush(); });
+  ASSERT_TRUE(gate->wait_for_waiter()) << "the commit never reached its sync";
+  auto io = std::async(std::launch::async, [&]() -> std::string {
+    if (!p.write(v, 100, as_bytes(std::string(10, 'x'))).ok()) return "in-place write failed";
+    if (!p.write(v, 5 * kB + 7, as_bytes(std::string(9, 'y'))).ok()) return "fresh write failed";
+    std::string buf(10, '\0');
+    if (!p.read(v, 100, as_wbytes(buf)).ok() || buf != std::string(10, 'x')) return "bad read";
+    return "";
+  });
+  const bool finished = io.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+  EXPECT_EQ(commit.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout)
+      << "the commit did not wait at the gate";
+  gate->open();
+  ASSERT_TRUE(finished) << "I/O waited for the commit";
+  EXPECT_EQ(io.get(), "");
+  ASSERT_TRUE(commit.get().ok());
+  ASSERT_TRUE(p.flush().ok());
+  ASSERT_TRUE(p.close().ok());
+  opened = Pool::open(dir);
+  ASSERT_TRUE(opened.ok()) << opened.error().to_string();
+  std::string buf(kB, '\0');
+  ASSERT_TRUE((*opened)->read(v, 0, as_wbytes(buf)).ok());
+  EXPECT_EQ(buf.substr(0, 100), std::string(100, 'a'));
+  EXPECT_EQ(buf.substr(100, 10), std::string(10, 'x'));
+  ASSERT_TRUE((*opened)->read(v, 5 * kB, as_wbytes(buf)).ok());
+  EXPECT_EQ(buf.substr(7, 9), std::string(9, 'y'));
+  EXPECT_EQ(buf.substr(0, 7), std::string(7, '\0'));
+  ASSERT_TRUE((*opened)->close().ok());
+  EXPECT_EQ(testing::thin_check(dir + "/metadata"), "");
+}
+
+INSTANTIATE_TEST_SUITE_P(Commits, WritesDuringACommit, ::testing::Values(false, true),
+                         [](const auto& info) {
+                           return info.param ? "Checkpoint" : "JournalCommit";
+                         });
 
 }  // namespace
 }  // namespace tp::thin
