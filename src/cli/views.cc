@@ -98,6 +98,7 @@ nlohmann::json pool_info_json(const thin::PoolInfo& info) {
   j["journal_replayed_records"] = info.journal_replayed_records;
   j["checkpoints"] = info.checkpoints;
   j["journal_commits"] = info.journal_commits;
+  j["background_commits"] = info.background_commits;
   return j;
 }
 
@@ -135,8 +136,9 @@ std::string pool_info_text(const std::string& dir, const thin::PoolInfo& info) {
            fmt::format("{} batches ({} mapping changes) at open", info.journal_replayed_batches,
                        info.journal_replayed_records)});
   }
-  t.add({"commits", fmt::format("{} checkpoints, {} journal commits since open", info.checkpoints,
-                                info.journal_commits)});
+  t.add({"commits",
+         fmt::format("{} checkpoints, {} journal commits, {} background commits since open",
+                     info.checkpoints, info.journal_commits, info.background_commits)});
   std::ostringstream os;
   t.print(os);
   // The header row of a key/value table is empty: drop it.

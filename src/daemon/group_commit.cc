@@ -4,6 +4,10 @@ namespace tp::daemon {
 
 GroupCommit::GroupCommit(std::function<Result<void>()> commit) : commit_(std::move(commit)) {}
 
+GroupCommit::GroupCommit(std::function<Result<void>()> commit,
+                         std::function<Result<bool>()> background)
+    : commit_(std::move(commit)), background_(std::move(background)) {}
+
 GroupCommit::~GroupCommit() {
   stop_background();
 }
@@ -58,11 +62,20 @@ void GroupCommit::start_background(std::chrono::milliseconds interval,
     for (;;) {
       bg_cv_.wait_for(lk, interval, [&] { return bg_stop_; });
       if (bg_stop_) return;
-      if (!dirty_ || running_) continue;  // nothing new, or a flush is committing it now
+      if ((!dirty_ && !bg_again_) || running_) continue;  // nothing new, or a flush runs
+      if (!background_) {
+        lk.unlock();
+        Result<void> r = flush();
+        if (!r.ok() && on_error) on_error(r.error());
+        lk.lock();
+        continue;
+      }
+      dirty_ = false;
       lk.unlock();
-      Result<void> r = flush();
+      Result<bool> r = background_();
       if (!r.ok() && on_error) on_error(r.error());
       lk.lock();
+      bg_again_ = r.ok() && *r;
     }
   });
 }

@@ -1,8 +1,10 @@
 #pragma once
 // Group commit (DESIGN.md "Durability contract"): a flush needs a commit that starts after
 // it arrived. Flushes that arrive while a commit runs wait for it, then share the next one,
-// so N concurrent flushes cost at most two commits. A background thread commits at most
-// once per interval when there were writes but no flush, bounding what a crash can lose.
+// so N concurrent flushes cost at most two commits. A background thread runs the
+// background commit at most once per interval when there were writes but no flush
+// (thin::Pool::background_commit: mapping changes to the journal without a data sync),
+// bounding what a crash can lose; it keeps calling it while it reports work left.
 //
 // Thread-safety: every method may be called from any thread.
 
@@ -22,6 +24,9 @@ class GroupCommit {
  public:
   // commit makes every write that completed before it was called durable (thin::Pool::flush).
   explicit GroupCommit(std::function<Result<void>()> commit);
+  // background: what the background thread runs (default: commit); true = call again
+  // after the next interval even without new writes.
+  GroupCommit(std::function<Result<void>()> commit, std::function<Result<bool>()> background);
   ~GroupCommit();  // stop_background()
   GroupCommit(const GroupCommit&) = delete;
   GroupCommit& operator=(const GroupCommit&) = delete;
@@ -41,6 +46,7 @@ class GroupCommit {
 
  private:
   std::function<Result<void>()> commit_;
+  std::function<Result<bool>()> background_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool running_ = false;             // a commit is in progress
@@ -48,6 +54,7 @@ class GroupCommit {
   uint64_t completed_ = 0;           // ... and of the last one finished
   std::optional<Error> last_error_;  // result of commit `completed_`
   bool dirty_ = false;               // writes since the last commit started
+  bool bg_again_ = false;            // the background commit left work for later
 
   std::thread bg_;
   bool bg_stop_ = false;

@@ -164,7 +164,8 @@ int serve_impl(const ServeOptions& opts) {
     }
   }
 
-  GroupCommit commit([&pool] { return pool->flush(); });
+  GroupCommit commit([&pool] { return pool->flush(); },
+                     [&pool] { return pool->background_commit(); });
   PoolCatalog catalog(*pool, commit, opts.exports, opts.default_export);
 
   EventBus events;

@@ -46,8 +46,8 @@ struct ServeOptions {
   std::string tls_psk;
   // A client must finish the NBD handshake (TLS handshake included) in this time.
   std::chrono::milliseconds handshake_timeout{10000};
-  // Writes are committed at most this often when no client flushes (DESIGN.md durability:
-  // "metadata commits on flush, and at most every second otherwise").
+  // When no client flushes, the mapping changes of writes reach the journal this often
+  // (thin::Pool::background_commit; DESIGN.md "The I/O path and commits").
   std::chrono::milliseconds commit_interval{1000};
   // The control socket ("" means pool_dir + "/control.sock") and what runs its "run"
   // requests (the CLI passes its own commands; none: "run" is refused).

@@ -103,7 +103,7 @@ Result<void> Pool::start() {
   hole_bits_.assign((md_->nr_data_blocks() + 63) / 64, 0);
   punched_bits_.assign(hole_bits_.size(), 0);
   hole_scanned_.assign((md_->nr_data_blocks() + kHoleRegionBlocks - 1) / kHoleRegionBlocks, 0);
-  last_checkpoint_ = std::chrono::steady_clock::now();
+  last_checkpoint_ = last_synced_ = std::chrono::steady_clock::now();
   return {};
 }
 
@@ -188,6 +188,11 @@ namespace {
 // A journal older than this is checkpointed at the next commit, so that the metadata file
 // alone is never far behind (and a replay stays short).
 constexpr std::chrono::seconds kCheckpointInterval{5};
+// background_commit: the longest a completed write waits for a data sync when no client
+// flushes (the kernel writes dirty pages back after 30 s: dirty_expire_centisecs), and how
+// many mapping changes may wait for one.
+constexpr std::chrono::seconds kSyncInterval{30};
+constexpr size_t kMaxWaitingRecords = 1 << 16;
 }  // namespace
 
 Result<void> Pool::flush() {
@@ -229,9 +234,9 @@ Result<void> Pool::commit_run(bool checkpoint) {
     }
     const bool records = !records_.empty();
     // Anything a checkpoint would change on disk (not just a data sync)?
-    const bool changed = dirty_ || force_catalog_ || records ||
-                         journal_batches_ > 0 || md_->has_freed() ||
-                         md_->data_sm().nr_pending_free() > 0 || !unshared_.empty();
+    const bool changed = dirty_ || force_catalog_ || records || journal_batches_ > 0 ||
+                         md_->has_freed() || md_->data_sm().nr_pending_free() > 0 ||
+                         !unshared_.empty();
     if ((checkpoint && changed) || dirty_ || force_catalog_ || (!journal_ && changed)) {
       kind = kCheckpoint;
     } else if (records) {
@@ -255,12 +260,12 @@ Result<void> Pool::commit_run(bool checkpoint) {
       }
       ticket = std::move(*t);
       records_.clear();  // the checkpoint holds them
-      records_unsafe_ = false;
+      safe_records_ = 0;
       dirty_ = false;
     } else if (kind == kJournal) {
+      after_data = records_unsafe_locked();
       batch.swap(records_);
-      after_data = records_unsafe_;
-      records_unsafe_ = false;
+      safe_records_ = 0;
       freed = md_->take_freed();
     }
     if (kind != kDataOnly) {
@@ -304,6 +309,7 @@ Result<void> Pool::commit_run(bool checkpoint) {
     punched[i] = data_->discard(freed[i] * block_bytes_, block_bytes_).ok();
   }
   std::lock_guard lk(mu_);
+  last_synced_ = std::chrono::steady_clock::now();
   if (kind == kCheckpoint) {
     md_->end_commit(ticket, true);
     if (journal_) journal_->reset(journal_base_locked());
@@ -334,6 +340,51 @@ Result<void> Pool::commit_run(bool checkpoint) {
   note_state_locked();
   cv_.notify_all();
   return {};
+}
+
+Result<bool> Pool::background_commit() {
+  std::lock_guard clk(commit_mu_);
+  thread_local std::vector<JournalRecord> batch;
+  batch.clear();
+  bool full = false;
+  {
+    std::lock_guard lk(mu_);
+    const size_t waiting = records_.size() - safe_records_;  // for a data sync
+    const bool pending = !records_.empty() || md_->has_freed() || !unshared_.empty();
+    const bool due = std::chrono::steady_clock::now() - last_synced_ > kSyncInterval;
+    if (dirty_ || force_catalog_ || !journal_ || failed_locked() || waiting > kMaxWaitingRecords ||
+        (due && pending)) {
+      full = true;
+    } else if (safe_records_ == 0) {
+      return pending;  // what is left waits for a FLUSH or kSyncInterval
+    } else if (!journal_->fits(safe_records_) ||
+               journal_->used_bytes() + Journal::batch_bytes(safe_records_) >
+                   journal_->capacity_bytes() / 2) {
+      full = true;  // a checkpoint makes room
+    } else {
+      // Not a cut: no epoch turns, nothing freed is released, no flush() counts on it.
+      const auto n = static_cast<ptrdiff_t>(safe_records_);
+      batch.assign(records_.begin(), records_.begin() + n);
+      records_.erase(records_.begin(), records_.begin() + n);
+      safe_records_ = 0;
+    }
+  }
+  if (full) {
+    last_commit_ = commit_run(false);
+    TP_TRY(last_commit_);
+    return false;
+  }
+  Result<void> r = journal_->append(batch);
+  std::lock_guard lk(mu_);
+  if (!r.ok()) {
+    failed_ = true;
+    note_state_locked();
+    return r.error();
+  }
+  background_commits_++;
+  journal_batches_ = journal_->batches();
+  journal_used_ = journal_->used_bytes();
+  return !records_.empty() || md_->has_freed() || !unshared_.empty();
 }
 
 Result<void> Pool::journal_io(std::span<const JournalRecord> batch, bool after_data) {

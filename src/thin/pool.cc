@@ -284,6 +284,7 @@ PoolInfo Pool::info() {
   i.journal_replayed_records = replayed_.records;
   i.checkpoints = checkpoints_;
   i.journal_commits = journal_commits_;
+  i.background_commits = background_commits_;
   return i;
 }
 

@@ -122,6 +122,7 @@ struct PoolInfo {
   uint64_t journal_bytes = 0, journal_used_bytes = 0, journal_batches = 0;
   uint64_t journal_replayed_batches = 0, journal_replayed_records = 0;
   uint64_t checkpoints = 0, journal_commits = 0;  // since open
+  uint64_t background_commits = 0;  // journal appends without a data sync (background_commit)
 };
 
 struct VolumeInfo {
@@ -278,6 +279,17 @@ class Pool {
   // The same, and the commit is a checkpoint: the dm-thin metadata on disk holds everything
   // and the journal is empty.
   Result<void> checkpoint();
+  // For a server whose clients have written but not flushed (daemon::GroupCommit's
+  // background thread, once a second): makes the mapping changes of completed writes
+  // crash-safe without syncing the data device, as dm-thin's periodic commit does. Appends to
+  // the journal the changes that need no data sync (a fresh block that was a durable hole
+  // reads as zeros, its old content, if its data is lost; a trim); a full commit (flush())
+  // instead when a volume operation is uncommitted, when the journal cannot take them, when
+  // many changes wait for a data sync, or when none ran for kSyncInterval (30 s, the page
+  // cache's own writeback age), so what a crash loses of unflushed writes is bounded as for
+  // a plain file. Promises nothing about data: only flush() does. True when changes are left
+  // that wait for a FLUSH or kSyncInterval (call again later).
+  Result<bool> background_commit();
 
   // Mapped/unmapped runs covering [off, off+len). O(mapped blocks in the range).
   Result<std::vector<Extent>> extents(uint64_t dev, uint64_t off, uint64_t len);
@@ -328,7 +340,7 @@ class Pool {
   // Journal record of a mapping change made by a request (under mu_).
   void journal_locked(const JournalRecord& r, bool safe) {
     records_.push_back(r);
-    if (!safe) records_unsafe_ = true;
+    if (safe && safe_records_ + 1 == records_.size()) safe_records_ = records_.size();
   }
   // Marks the transaction changed, reports space events, unlocks and commits (flush()).
   Result<void> commit_change(std::unique_lock<std::mutex>& lk) {
@@ -554,7 +566,13 @@ class Pool {
   std::unique_ptr<Journal> journal_;  // null: every commit is a checkpoint (committer only)
   uint64_t journal_batches_ = 0, journal_used_ = 0;  // durable since the checkpoint (mu_)
   std::vector<JournalRecord> records_;               // since the last cut
-  bool records_unsafe_ = false;                      // one of them must wait for the data sync
+  // records_[0, safe_records_) need no data sync before they reach the journal (pool.h
+  // "Durability"); the record after them does.
+  size_t safe_records_ = 0;
+  bool records_unsafe_locked() const { return safe_records_ < records_.size(); }
+  // When the last commit that synced the data device finished (background_commit).
+  std::chrono::steady_clock::time_point last_synced_;
+  uint64_t background_commits_ = 0;
   std::chrono::steady_clock::time_point last_checkpoint_;
   Journal::Replayed replayed_;
   uint64_t checkpoints_ = 0, journal_commits_ = 0;

@@ -550,7 +550,7 @@ Result<void> Pool::discard_transaction_locked() {
   cat_ = catfile_->current();
   unshared_.clear();
   records_.clear();  // the operation's own unmaps
-  records_unsafe_ = false;
+  safe_records_ = 0;
   dirty_ = false;
   if (auto r = recompute_all_g_locked(); !r.ok()) return abort_locked(r.error());
   return {};

@@ -93,6 +93,29 @@ TEST(GroupCommit, BackgroundCommitsOnlyAfterWrites) {
   g.stop_background();
 }
 
+// With a background function, the background thread runs it (not the commit) and calls it
+// again while it reports work left, even with no new writes.
+TEST(GroupCommit, BackgroundFunctionRunsUntilItReportsNothingLeft) {
+  std::atomic<int> commits{0}, background{0};
+  GroupCommit g(
+      [&]() -> Result<void> {
+        commits++;
+        return {};
+      },
+      [&]() -> Result<bool> { return ++background < 3; });
+  g.start_background(20ms, nullptr);
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(background.load(), 0);
+  g.note_write();
+  for (int i = 0; i < 300 && background.load() < 3; i++) std::this_thread::sleep_for(10ms);
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(background.load(), 3);  // true, true, false: then it waits for a write
+  EXPECT_EQ(commits.load(), 0);
+  ASSERT_TRUE(g.flush().ok());
+  EXPECT_EQ(commits.load(), 1);
+  g.stop_background();
+}
+
 class PoolExportTest : public ::testing::Test {
  protected:
   void SetUp() override {

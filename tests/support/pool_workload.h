@@ -285,6 +285,7 @@ class Workload {
         next_write_(next_write),
         next_name_(next_name) {
     trans0 = trans();
+    since_sync_.push_back(m_);
   }
 
   void run(int nr_ops) {
@@ -398,6 +399,18 @@ class Workload {
     settle(rec, p_.flush(), m_);
   }
 
+  // Pool::background_commit (a server whose clients do not flush): it journals mapping
+  // changes without a data sync, so a crash after it may show any sector as any state since
+  // the last commit that synced the data (a data op in the model's terms, with those states
+  // as the ones a commit inside it may hold).
+  void background_op(OpRec& rec) {
+    rec.kind = OpKind::kWrite;
+    rec.what = "background commit";
+    rec.mids = since_sync_;
+    auto r = p_.background_commit();
+    (void)outcome(r.ok() ? Result<void>{} : Result<void>(r.error()), rec.what);
+  }
+
   void step() {
     OpRec rec;
     rec.trans_before = trans();
@@ -409,8 +422,10 @@ class Workload {
       do_create(rec);
     } else if (r < 38 && !writable.empty()) {
       do_write(rec, pick(writable));
-    } else if (r < 48) {
+    } else if (r < 45) {
       flush_op(rec);
+    } else if (r < 48) {
+      background_op(rec);
     } else if (r < 53 && !writable.empty()) {
       do_trim(rec, pick(writable), false);
     } else if (r < 58 && !writable.empty()) {
@@ -439,6 +454,15 @@ class Workload {
     if (rec_) rec_->note_catalog();
     rec.trans_after = trans();
     rec.after = m_;
+    // Every commit but the background one syncs the data device first.
+    if (rec.what == "background commit" ||
+        (is_data_op(rec.kind) && rec.trans_after == rec.trans_before)) {
+      since_sync_.push_back(m_);
+    } else if (is_data_op(rec.kind)) {
+      since_sync_ = {before, m_};  // it committed part way
+    } else {
+      since_sync_.assign(1, m_);
+    }
     if (!faulted && (rec.trans_after != rec.trans_before || m_ != before)) {
       done[rec.what.substr(0, rec.what.find(' '))]++;
     }
@@ -675,6 +699,7 @@ class Workload {
   Recorder* rec_;
   std::string tmpdir_;
   Model m_;
+  std::vector<Model> since_sync_;  // the model after each op since the last data sync
   uint32_t next_write_ = 1;
   int next_name_ = 1;
 };

@@ -54,8 +54,8 @@ TEST(Journal, BatchesReplayInOrderAfterTheirCheckpoint) {
   auto a = records(3, 0, 1), b = records(3, 100, 200), c = records(4, 9, 17);
   for (auto* batch : {&a, &b, &c}) ASSERT_TRUE(j.append(*batch).ok());
   EXPECT_EQ(j.batches(), 3u);
-  EXPECT_EQ(j.used_bytes(), Journal::batch_bytes(1) + Journal::batch_bytes(200) +
-                                Journal::batch_bytes(17));
+  EXPECT_EQ(j.used_bytes(),
+            Journal::batch_bytes(1) + Journal::batch_bytes(200) + Journal::batch_bytes(17));
   EXPECT_EQ(Journal::batch_bytes(200) % Journal::kAlign, 0u);
 
   // A second reader of the same device, as open() after a crash.
@@ -86,8 +86,8 @@ TEST(Journal, AnotherCheckpointsBatchesAreNotReplayed) {
     uint32_t csum;
     uint64_t pool;
   };
-  for (Other o : {Other{6, 0xabcd, 42}, Other{8, 0xabcd, 42}, Other{7, 0xabce, 42},
-                  Other{7, 0xabcd, 43}}) {
+  for (Other o :
+       {Other{6, 0xabcd, 42}, Other{8, 0xabcd, 42}, Other{7, 0xabce, 42}, Other{7, 0xabcd, 43}}) {
     Journal k(std::make_unique<testing::ForwardingDevice>(*dev));
     std::vector<JournalRecord> got;
     auto r = replay_all(k, o.trans, o.csum, &got, o.pool);
@@ -220,7 +220,7 @@ TEST(PoolJournal, FlushedWritesSurviveACrashAndAreReplayed) {
     ASSERT_TRUE(p->reserve("w", 2 * kB).ok());
     const uint64_t v = *p->dev_id("v"), w = *p->dev_id("w");
     ASSERT_TRUE(p->write(v, 0, bytes_of(std::string(kB, 'a'))).ok());     // whole block
-    ASSERT_TRUE(p->write(v, 3 * kB + 7, bytes_of("partial")).ok());         // partial, fresh
+    ASSERT_TRUE(p->write(v, 3 * kB + 7, bytes_of("partial")).ok());       // partial, fresh
     ASSERT_TRUE(p->write(w, 5 * kB, bytes_of("from the reserve")).ok());  // drawn from E
     ASSERT_TRUE(p->flush().ok());
     ASSERT_TRUE(p->trim(v, 0, kB).ok());
@@ -241,7 +241,7 @@ TEST(PoolJournal, FlushedWritesSurviveACrashAndAreReplayed) {
   EXPECT_EQ(i.journal_replayed_batches, 2u);
   EXPECT_EQ(i.journal_replayed_records, 5u);  // map, map, map, unmap, map
   EXPECT_EQ(testing::read_file(dir + "/metadata"), pre_crash_metadata);  // open wrote nothing
-  EXPECT_EQ(read(**p, "v", 0, 3), std::string(3, '\0'));  // trimmed
+  EXPECT_EQ(read(**p, "v", 0, 3), std::string(3, '\0'));                 // trimmed
   EXPECT_EQ(read(**p, "v", 3 * kB + 7, 7), "partial");
   EXPECT_EQ(read(**p, "v", 2 * kB, 12), "second batch");
   EXPECT_EQ(read(**p, "w", 5 * kB, 16), "from the reserve");
@@ -344,6 +344,75 @@ TEST(PoolJournal, CopyOnWriteBatchIsWrittenOnlyAfterTheDataSync) {
   }
   EXPECT_TRUE(any_journal);
   ASSERT_TRUE((*p)->close().ok());
+}
+
+// The background commit (a server whose clients do not flush): the mapping changes that need
+// no data sync go to the journal with no data sync; a copy-on-write and what follows it wait
+// for a FLUSH. After a crash the journaled ones are replayed, the rest reads as before.
+TEST(PoolJournal, BackgroundCommitJournalsWithoutADataSync) {
+  TempDir tmp;
+  std::string dir = tmp.file("pool");
+  {
+    auto p = make_pool(dir);
+    ASSERT_TRUE(p->create_volume("v", 4 << 20).ok());
+    ASSERT_TRUE(p->write(*p->dev_id("v"), 0, bytes_of(std::string(kB, 'o'))).ok());
+    ASSERT_TRUE(p->snapshot("v", "s", false).ok());
+    ASSERT_TRUE(p->close().ok());
+  }
+  using namespace testing::workload;  // NOLINT: Recorder, RecordingDevice
+  Recorder rec(dir + "/catalog");
+  Pool::OpenOptions oo;
+  oo.wrap_data = [&](std::unique_ptr<io::BlockDevice> d) -> std::unique_ptr<io::BlockDevice> {
+    return std::make_unique<RecordingDevice>(std::move(d), Dev::kData, rec);
+  };
+  oo.wrap_journal = [&](std::unique_ptr<io::BlockDevice> d) -> std::unique_ptr<io::BlockDevice> {
+    return std::make_unique<RecordingDevice>(std::move(d), Dev::kJournal, rec);
+  };
+  {
+    auto p = Pool::open(dir, oo);
+    ASSERT_TRUE(p.ok()) << p.error().to_string();
+    const uint64_t v = *(*p)->dev_id("v");
+    ASSERT_TRUE((*p)->write(v, 5 * kB, bytes_of("five")).ok());  // fresh blocks: holes
+    ASSERT_TRUE((*p)->write(v, 6 * kB, bytes_of("six")).ok());
+    ASSERT_TRUE((*p)->write(v, 100, bytes_of("cow")).ok());       // copy-on-write
+    ASSERT_TRUE((*p)->write(v, 7 * kB, bytes_of("seven")).ok());  // after the copy
+    const size_t mark = rec.log.size();
+    auto again = (*p)->background_commit();
+    ASSERT_TRUE(again.ok()) << again.error().to_string();
+    EXPECT_TRUE(*again);  // the copy and the write after it wait for a FLUSH
+    size_t data_flushes = 0, journal_writes = 0;
+    for (size_t i = mark; i < rec.log.size(); i++) {
+      const Entry& e = rec.log[i];
+      data_flushes += e.dev == Dev::kData && e.kind == Kind::kFlush;
+      journal_writes += e.dev == Dev::kJournal && e.kind == Kind::kWrite;
+    }
+    EXPECT_EQ(data_flushes, 0u);
+    EXPECT_EQ(journal_writes, 1u);
+    PoolInfo i = (*p)->info();
+    EXPECT_EQ(i.background_commits, 1u);
+    EXPECT_EQ(i.journal_batches, 1u);
+    EXPECT_EQ(i.journal_commits, 0u);
+    // Nothing more that needs no data sync: a second call appends nothing.
+    again = (*p)->background_commit();
+    ASSERT_TRUE(again.ok());
+    EXPECT_TRUE(*again);
+    EXPECT_EQ((*p)->info().journal_batches, 1u);
+    // The process dies: no flush, no close.
+  }
+  EXPECT_EQ(testing::thin_check(dir + "/metadata"), "");
+  auto p = Pool::open(dir);
+  ASSERT_TRUE(p.ok()) << p.error().to_string();
+  EXPECT_EQ((*p)->info().journal_replayed_records, 2u);
+  EXPECT_EQ(read(**p, "v", 5 * kB, 4), "five");  // the page cache kept the data here
+  EXPECT_EQ(read(**p, "v", 6 * kB, 3), "six");
+  EXPECT_EQ(read(**p, "v", 100, 3), "ooo");                    // the copy was not journaled
+  EXPECT_EQ(read(**p, "v", 7 * kB, 5), std::string(5, '\0'));  // nor what came after it
+  EXPECT_EQ(read(**p, "s", 100, 3), "ooo");
+  auto c = (*p)->check();
+  ASSERT_TRUE(c.ok()) << c.error().to_string();
+  EXPECT_TRUE(c->ok());
+  ASSERT_TRUE((*p)->close().ok());
+  EXPECT_EQ(testing::thin_check(dir + "/metadata"), "");
 }
 
 }  // namespace
