@@ -277,19 +277,25 @@ Result<void> Pool::commit_run(bool checkpoint) {
     promote.swap(punched_);
   }
   // Data first: every write acknowledged before the cut must be durable before the metadata
-  // that maps it. The sync overlaps the journal, catalog and metadata node writes.
-  syncer_->start();
+  // that maps it. The sync runs on the syncer thread, overlapping the journal, catalog and
+  // metadata node writes; with nothing to overlap it runs here (no thread handoff).
+  const bool overlap = kind == kCheckpoint || (kind == kJournal && !after_data && !batch.empty());
+  if (overlap) syncer_->start();
+  auto data_sync = [&] { return overlap ? syncer_->wait() : data_->flush(); };
   Result<void> r;
   if (kind == kCheckpoint) {
     if (catalog) r = catfile_->write(*catalog, ticket.trans_id);
     if (r.ok()) r = md_->write_blocks(ticket);
-    Result<void> data = syncer_->wait();
+    Result<void> data = data_sync();
     if (r.ok()) r = data;
     if (r.ok()) r = md_->write_superblock(ticket);
-  } else if (kind == kJournal) {
-    r = journal_io(batch, after_data);
+  } else if (overlap) {
+    Result<void> j = journal_->append(batch);
+    Result<void> data = data_sync();
+    r = j.ok() ? data : j;
   } else {
-    r = syncer_->wait();
+    r = data_sync();
+    if (r.ok() && !batch.empty()) r = journal_->append(batch);
   }
   if (!r.ok()) {
     std::lock_guard lk(mu_);
@@ -385,17 +391,6 @@ Result<bool> Pool::background_commit() {
   journal_batches_ = journal_->batches();
   journal_used_ = journal_->used_bytes();
   return !records_.empty() || md_->has_freed() || !unshared_.empty();
-}
-
-Result<void> Pool::journal_io(std::span<const JournalRecord> batch, bool after_data) {
-  if (batch.empty()) return syncer_->wait();
-  if (after_data) {
-    TP_TRY(syncer_->wait());
-    return journal_->append(batch);
-  }
-  Result<void> j = journal_->append(batch);
-  Result<void> data = syncer_->wait();
-  return j.ok() ? data : j;
 }
 
 Result<void> Pool::open_journal(const DeviceWrapper& wrap) {

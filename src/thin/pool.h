@@ -329,8 +329,6 @@ class Pool {
   // Runs one commit (a journal commit when it can be one and checkpoint is false).
   // REQUIRES: commit_mu_ held, mu_ not held.
   Result<void> commit_run(bool checkpoint);
-  // The journal commit part of commit_run: after the cut, with no lock held.
-  Result<void> journal_io(std::span<const JournalRecord> batch, bool after_data);
   // Opens (or creates) DIR/journal and replays it into the in-memory metadata.
   Result<void> open_journal(const DeviceWrapper& wrap);
   // The checkpoint on disk, as the journal names it.
