@@ -24,11 +24,14 @@ $(BUILD)/build.ninja:
 	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
 
 build: deps $(BUILD)/build.ninja
+	@echo "== build ($$(date -u +%T))"
 	cmake --build $(BUILD) -j $(JOBS)
 
+# The ASan+UBSan build also holds the fuzz targets (libFuzzer coverage on every library), so
+# `make test` compiles the engine with clang once for both.
 $(ASAN_BUILD)/build.ninja:
-	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DTP_SANITIZE=ON -DTP_BENCH=OFF \
-	  -DCMAKE_CXX_COMPILER=clang++ $(CMAKE_FLAGS)
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DTP_SANITIZE=ON -DTP_FUZZ=ON \
+	  -DTP_BENCH=OFF -DCMAKE_CXX_COMPILER=clang++ $(CMAKE_FLAGS)
 
 $(FUZZ_BUILD)/build.ninja:
 	cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTP_FUZZ=ON \
@@ -40,14 +43,19 @@ $(TSAN_BUILD)/build.ninja:
 
 # Every test (unit, oracle, crash slices, end-to-end) in the normal build, then the unit
 # tests again under AddressSanitizer + UndefinedBehaviorSanitizer (clang), then 10 s of
-# each fuzz target.
+# each fuzz target (built in the same clang build).
 test: build $(ASAN_BUILD)/build.ninja
+	@echo "== make test: ctest, normal build ($$(date -u +%T))"
 	cd $(BUILD) && ctest $(CTEST_FLAGS) -j $(JOBS)
 	@bash scripts/test-figures.sh $(BUILD)
+	@echo "== make test: ASan+UBSan build ($$(date -u +%T))"
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	@echo "== make test: ctest, ASan+UBSan build ($$(date -u +%T))"
 	cd $(ASAN_BUILD) && TP_QUICK=1 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  ctest $(CTEST_FLAGS) -j $(JOBS) -LE e2e
-	$(MAKE) fuzz-smoke
+	@echo "== make test: fuzz smoke, 10 s per target ($$(date -u +%T))"
+	@bash scripts/fuzz.sh $(ASAN_BUILD) 10 $(FUZZ_TARGETS)
+	@echo "== make test: done ($$(date -u +%T))"
 
 # The unit tests of the threaded layers under ThreadSanitizer (clang).
 test-tsan: deps $(TSAN_BUILD)/build.ninja

@@ -606,13 +606,7 @@ Result<void> Pool::check_writable_locked(uint64_t dev) {
 }
 
 Result<void> Pool::idle_settled_locked(std::unique_lock<std::mutex>& lk, bool clear_unshared) {
-  quiesce_++;  // requests wait until the caller releases mu_
-  struct Resume {
-    Pool* p;
-    ~Resume() {
-      if (--p->quiesce_ == 0) p->cv_.notify_all();
-    }
-  } resume{this};
+  Quiesce quiesce(*this);  // requests wait until the caller releases mu_
   for (int round = 0;; round++) {
     wait_idle_locked(lk);
     bool need = md_->data_sm().nr_pending_free() > 0 ||
@@ -1090,13 +1084,7 @@ Result<CheckResult> Pool::check(const std::string& metadata_copy) {
   // no commit in flight while we look, requests held back, everything committed first.
   std::lock_guard clk(commit_mu_);
   std::unique_lock lk(mu_);
-  quiesce_++;
-  struct Resume {
-    Pool* p;
-    ~Resume() {
-      if (--p->quiesce_ == 0) p->cv_.notify_all();
-    }
-  } resume{this};
+  Quiesce quiesce(*this);  // requests wait until the caller releases mu_
   wait_idle_locked(lk);
   CheckResult res;
   res.journal_replayed_batches = replayed_.batches;

@@ -585,6 +585,19 @@ class Pool {
   uint64_t epoch_ = 0;
   std::atomic<uint64_t> inflight_[2] = {0, 0};
   unsigned quiesce_ = 0;
+  // Holds new requests back while it lives (made and destroyed under mu_).
+  class Quiesce {
+   public:
+    explicit Quiesce(Pool& p) : p_(p) { p_.quiesce_++; }
+    ~Quiesce() {
+      if (--p_.quiesce_ == 0) p_.cv_.notify_all();
+    }
+    Quiesce(const Quiesce&) = delete;
+    Quiesce& operator=(const Quiesce&) = delete;
+
+   private:
+    Pool& p_;
+  };
   std::vector<PendingRange> pending_;
   // Bit per data block: known to read as zeros and to stay so after a crash (a hole in the
   // data file that a data sync has made durable). Scanned from the data device per region of

@@ -361,8 +361,8 @@ Result<void> Pool::unprovision(const std::string& name, uint64_t off, uint64_t l
     set_g_locked(w->dev_id, *g);
     dirty_ = true;
   }
-  return op.finish(lk, rec->dev_id, kNoDev,
-                   "not enough space for the guarantees after unprovision", plan);
+  return op.finish(lk, rec->dev_id, kNoDev, "not enough space for the guarantees after unprovision",
+                   plan);
 }
 
 Result<void> Pool::reserve(const std::string& name, uint64_t bytes, SpacePlan* plan) {
@@ -517,18 +517,12 @@ Result<void> Pool::decide_locked(const SpaceNeed& n, const char* what, SpacePlan
 }
 
 Result<void> Pool::settle_locked(std::unique_lock<std::mutex>& lk) {
-  quiesce_++;  // requests wait until the caller releases mu_
-  struct Resume {
-    Pool* p;
-    ~Resume() {
-      if (--p->quiesce_ == 0) p->cv_.notify_all();
-    }
-  } resume{this};
+  Quiesce quiesce(*this);  // requests wait until the caller releases mu_
   for (int round = 0;; round++) {
     wait_idle_locked(lk);
-    const bool uncommitted = dirty_ || force_catalog_ || !records_.empty() || journal_batches_ > 0 ||
-                             md_->has_freed() || md_->data_sm().nr_pending_free() > 0 ||
-                             !unshared_.empty();
+    const bool uncommitted = dirty_ || force_catalog_ || !records_.empty() ||
+                             journal_batches_ > 0 || md_->has_freed() ||
+                             md_->data_sm().nr_pending_free() > 0 || !unshared_.empty();
     if (!uncommitted) return {};
     // Only requests that were in flight when we began can change the pool meanwhile (new ones
     // wait), and other volume operations: a few rounds at most.
@@ -612,8 +606,8 @@ Result<void> Pool::Tentative::decide(uint64_t dev, uint64_t other, const char* w
   return {};
 }
 
-Result<void> Pool::Tentative::finish(std::unique_lock<std::mutex>& lk, uint64_t dev,
-                                     uint64_t other, const char* what, SpacePlan* plan) {
+Result<void> Pool::Tentative::finish(std::unique_lock<std::mutex>& lk, uint64_t dev, uint64_t other,
+                                     const char* what, SpacePlan* plan) {
   TP_TRY(decide(dev, other, what, plan));
   if (plan) return {};
   p_.note_space_locked();

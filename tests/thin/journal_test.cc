@@ -289,6 +289,20 @@ TEST(PoolJournal, AJournalBesideOtherMetadataIsIgnored) {
   ASSERT_TRUE(c.ok() && c->ok());
 }
 
+// Open options that log the data device's and the journal's calls to rec.
+Pool::OpenOptions recording_data_and_journal(testing::workload::Recorder& rec) {
+  using testing::workload::Dev;
+  using testing::workload::RecordingDevice;
+  Pool::OpenOptions oo;
+  oo.wrap_data = [&rec](std::unique_ptr<io::BlockDevice> d) -> std::unique_ptr<io::BlockDevice> {
+    return std::make_unique<RecordingDevice>(std::move(d), Dev::kData, rec);
+  };
+  oo.wrap_journal = [&rec](std::unique_ptr<io::BlockDevice> d) -> std::unique_ptr<io::BlockDevice> {
+    return std::make_unique<RecordingDevice>(std::move(d), Dev::kJournal, rec);
+  };
+  return oo;
+}
+
 TEST(PoolJournal, CopyOnWriteBatchIsWrittenOnlyAfterTheDataSync) {
   // A copy-on-write maps a block whose bytes must be durable first (the old content it
   // carries); a write into a block known to be a hole may go to the journal in parallel.
@@ -301,15 +315,9 @@ TEST(PoolJournal, CopyOnWriteBatchIsWrittenOnlyAfterTheDataSync) {
     ASSERT_TRUE(p->snapshot("v", "s", false).ok());
     ASSERT_TRUE(p->close().ok());
   }
-  using namespace testing::workload;  // NOLINT: Recorder, RecordingDevice
+  using namespace testing::workload;  // NOLINT: Recorder, Entry, Dev, Kind
   Recorder rec(dir + "/catalog");
-  Pool::OpenOptions oo;
-  oo.wrap_data = [&](std::unique_ptr<io::BlockDevice> d) -> std::unique_ptr<io::BlockDevice> {
-    return std::make_unique<RecordingDevice>(std::move(d), Dev::kData, rec);
-  };
-  oo.wrap_journal = [&](std::unique_ptr<io::BlockDevice> d) -> std::unique_ptr<io::BlockDevice> {
-    return std::make_unique<RecordingDevice>(std::move(d), Dev::kJournal, rec);
-  };
+  Pool::OpenOptions oo = recording_data_and_journal(rec);
   auto p = Pool::open(dir, oo);
   ASSERT_TRUE(p.ok()) << p.error().to_string();
   const uint64_t v = *(*p)->dev_id("v");
@@ -359,15 +367,9 @@ TEST(PoolJournal, BackgroundCommitJournalsWithoutADataSync) {
     ASSERT_TRUE(p->snapshot("v", "s", false).ok());
     ASSERT_TRUE(p->close().ok());
   }
-  using namespace testing::workload;  // NOLINT: Recorder, RecordingDevice
+  using namespace testing::workload;  // NOLINT: Recorder, Entry, Dev, Kind
   Recorder rec(dir + "/catalog");
-  Pool::OpenOptions oo;
-  oo.wrap_data = [&](std::unique_ptr<io::BlockDevice> d) -> std::unique_ptr<io::BlockDevice> {
-    return std::make_unique<RecordingDevice>(std::move(d), Dev::kData, rec);
-  };
-  oo.wrap_journal = [&](std::unique_ptr<io::BlockDevice> d) -> std::unique_ptr<io::BlockDevice> {
-    return std::make_unique<RecordingDevice>(std::move(d), Dev::kJournal, rec);
-  };
+  Pool::OpenOptions oo = recording_data_and_journal(rec);
   {
     auto p = Pool::open(dir, oo);
     ASSERT_TRUE(p.ok()) << p.error().to_string();
