@@ -6,6 +6,8 @@
 # A crash, leak, timeout or out-of-memory leaves its input in BUILD/fuzz-artifacts/ and the
 # log next to it; the script then exits 1 (after running the other targets).
 #
+# Targets run FUZZ_JOBS at a time (default: one per CPU).
+#
 # Usage: scripts/fuzz.sh BUILD SECONDS [TARGET...]
 set -uo pipefail
 
@@ -30,13 +32,12 @@ if [ -d /dev/shm ] && [ -w /dev/shm ]; then
   trap 'rm -rf "$scratch" "$TMPDIR"' EXIT
 fi
 
-failed=0
-for t in "${targets[@]}"; do
-  bin="$build/fuzz/$t"
+# One target: its result line(s) to $scratch/$t.out; exit status 1 when it found something.
+run_one() {
+  local t=$1 bin="$build/fuzz/$1" corpus log rc execs found
   if [ ! -x "$bin" ]; then
     echo "fuzz $t: not built ($bin)"
-    failed=1
-    continue
+    return 1
   fi
   corpus="$scratch/$t"
   mkdir -p "$corpus"
@@ -51,11 +52,29 @@ for t in "${targets[@]}"; do
   execs=${execs:-0}
   if [ $rc -eq 0 ]; then
     echo "fuzz $t: $execs execs, 0 crashes"
-  else
-    failed=1
-    found=$(ls -t "$artifacts/$t-"* 2>/dev/null | grep -v '\.log$' | head -1)
-    echo "fuzz $t: $execs execs, 1 crash (exit $rc; input ${found:-none}; log $log)"
-    grep -m5 -E 'ERROR|SUMMARY|fuzz property|runtime error' "$log" | sed 's/^/    /'
+    return 0
   fi
+  found=$(ls -t "$artifacts/$t-"* 2>/dev/null | grep -v '\.log$' | head -1)
+  echo "fuzz $t: $execs execs, 1 crash (exit $rc; input ${found:-none}; log $log)"
+  grep -m5 -E 'ERROR|SUMMARY|fuzz property|runtime error' "$log" | sed 's/^/    /'
+  return 1
+}
+
+# FUZZ_JOBS targets at a time (default: one per CPU); results in the order given.
+jobs=${FUZZ_JOBS:-$(nproc)}
+running=0
+for t in "${targets[@]}"; do
+  if [ "$running" -ge "$jobs" ]; then
+    wait -n
+    running=$((running - 1))
+  fi
+  (run_one "$t" >"$scratch/$t.out" 2>&1; echo $? >"$scratch/$t.rc") &
+  running=$((running + 1))
+done
+wait
+failed=0
+for t in "${targets[@]}"; do
+  cat "$scratch/$t.out"
+  [ "$(cat "$scratch/$t.rc" 2>/dev/null)" = 0 ] || failed=1
 done
 exit $failed

@@ -270,7 +270,7 @@ Effort effort() {
 uint64_t scaled(uint64_t n, uint64_t long_factor) {
   switch (effort()) {
     case Effort::kQuick:
-      return std::max<uint64_t>(1, n / 5);
+      return std::max<uint64_t>(1, n / 10);
     case Effort::kNormal:
       return n;
     case Effort::kLong:

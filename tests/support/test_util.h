@@ -76,7 +76,7 @@ namespace tp::testing {
 // asks for everything, TP_QUICK=1 (the sanitizer pass of make test) for a smaller slice.
 enum class Effort { kQuick, kNormal, kLong };
 Effort effort();
-// n scaled by effort: quick n/5 (at least 1), normal n, long n*long_factor.
+// n scaled by effort: quick n/10 (at least 1), normal n, long n*long_factor.
 uint64_t scaled(uint64_t n, uint64_t long_factor = 10);
 
 }  // namespace tp::testing
