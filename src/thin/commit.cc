@@ -240,9 +240,7 @@ Result<void> Pool::commit_run(bool checkpoint) {
     if ((checkpoint && changed) || dirty_ || force_catalog_ || (!journal_ && changed)) {
       kind = kCheckpoint;
     } else if (records) {
-      const bool full = !journal_->fits(records_.size()) ||
-                        journal_->used_bytes() + Journal::batch_bytes(records_.size()) >
-                            journal_->capacity_bytes() / 2;
+      const bool full = !journal_takes_locked(records_.size());
       const bool old = std::chrono::steady_clock::now() - last_checkpoint_ > kCheckpointInterval;
       kind = full || old ? kCheckpoint : kJournal;
     } else if (md_->has_freed() || !unshared_.empty()) {
@@ -356,16 +354,14 @@ Result<bool> Pool::background_commit() {
   {
     std::lock_guard lk(mu_);
     const size_t waiting = records_.size() - safe_records_;  // for a data sync
-    const bool pending = !records_.empty() || md_->has_freed() || !unshared_.empty();
+    const bool pending = mappings_pending_locked();
     const bool due = std::chrono::steady_clock::now() - last_synced_ > kSyncInterval;
     if (dirty_ || force_catalog_ || !journal_ || failed_locked() || waiting > kMaxWaitingRecords ||
         (due && pending)) {
       full = true;
     } else if (safe_records_ == 0) {
       return pending;  // what is left waits for a FLUSH or kSyncInterval
-    } else if (!journal_->fits(safe_records_) ||
-               journal_->used_bytes() + Journal::batch_bytes(safe_records_) >
-                   journal_->capacity_bytes() / 2) {
+    } else if (!journal_takes_locked(safe_records_)) {
       full = true;  // a checkpoint makes room
     } else {
       // Not a cut: no epoch turns, nothing freed is released, no flush() counts on it.
@@ -390,7 +386,7 @@ Result<bool> Pool::background_commit() {
   background_commits_++;
   journal_batches_ = journal_->batches();
   journal_used_ = journal_->used_bytes();
-  return !records_.empty() || md_->has_freed() || !unshared_.empty();
+  return mappings_pending_locked();
 }
 
 Result<void> Pool::open_journal(const DeviceWrapper& wrap) {

@@ -335,6 +335,16 @@ class Pool {
   Journal::Base journal_base_locked() const {
     return {cat_.settings.pool_id, md_->trans_id(), md_->superblock_csum()};
   }
+  // The journal can take a batch of n records and stay at most half full (else: checkpoint).
+  bool journal_takes_locked(size_t n) const {
+    return journal_->fits(n) &&
+           journal_->used_bytes() + Journal::batch_bytes(n) <= journal_->capacity_bytes() / 2;
+  }
+  // Mapping changes of requests that no commit has made durable yet (records, frees, blocks
+  // unshared since the last commit).
+  bool mappings_pending_locked() const {
+    return !records_.empty() || md_->has_freed() || !unshared_.empty();
+  }
   // Journal record of a mapping change made by a request (under mu_).
   void journal_locked(const JournalRecord& r, bool safe) {
     records_.push_back(r);

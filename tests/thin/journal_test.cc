@@ -303,18 +303,30 @@ Pool::OpenOptions recording_data_and_journal(testing::workload::Recorder& rec) {
   return oo;
 }
 
+// A closed pool: volume v whose block 0 holds 'o' and is shared with snapshot s.
+void make_pool_with_a_shared_block(const std::string& dir) {
+  auto p = make_pool(dir);
+  ASSERT_TRUE(p->create_volume("v", 4 << 20).ok());
+  ASSERT_TRUE(p->write(*p->dev_id("v"), 0, bytes_of(std::string(kB, 'o'))).ok());
+  ASSERT_TRUE(p->snapshot("v", "s", false).ok());
+  ASSERT_TRUE(p->close().ok());
+}
+
+// How many calls of this kind to this device the log holds from entry `from` on.
+size_t count_calls(const testing::workload::Recorder& rec, size_t from, testing::workload::Dev dev,
+                   testing::workload::Kind kind) {
+  size_t n = 0;
+  for (size_t i = from; i < rec.log.size(); i++)
+    n += rec.log[i].dev == dev && rec.log[i].kind == kind;
+  return n;
+}
+
 TEST(PoolJournal, CopyOnWriteBatchIsWrittenOnlyAfterTheDataSync) {
   // A copy-on-write maps a block whose bytes must be durable first (the old content it
   // carries); a write into a block known to be a hole may go to the journal in parallel.
   TempDir tmp;
   std::string dir = tmp.file("pool");
-  {
-    auto p = make_pool(dir);
-    ASSERT_TRUE(p->create_volume("v", 4 << 20).ok());
-    ASSERT_TRUE(p->write(*p->dev_id("v"), 0, bytes_of(std::string(kB, 'o'))).ok());
-    ASSERT_TRUE(p->snapshot("v", "s", false).ok());
-    ASSERT_TRUE(p->close().ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(make_pool_with_a_shared_block(dir));
   using namespace testing::workload;  // NOLINT: Recorder, Entry, Dev, Kind
   Recorder rec(dir + "/catalog");
   Pool::OpenOptions oo = recording_data_and_journal(rec);
@@ -346,11 +358,7 @@ TEST(PoolJournal, CopyOnWriteBatchIsWrittenOnlyAfterTheDataSync) {
   mark = rec.log.size();
   ASSERT_TRUE((*p)->write(v, 5 * kB + 100, bytes_of("hole")).ok());  // fresh block, a hole
   ASSERT_TRUE((*p)->flush().ok());
-  bool any_journal = false;
-  for (size_t i = mark; i < rec.log.size(); i++) {
-    any_journal |= rec.log[i].dev == Dev::kJournal && rec.log[i].kind == Kind::kWrite;
-  }
-  EXPECT_TRUE(any_journal);
+  EXPECT_GT(count_calls(rec, mark, Dev::kJournal, Kind::kWrite), 0u);
   ASSERT_TRUE((*p)->close().ok());
 }
 
@@ -360,13 +368,7 @@ TEST(PoolJournal, CopyOnWriteBatchIsWrittenOnlyAfterTheDataSync) {
 TEST(PoolJournal, BackgroundCommitJournalsWithoutADataSync) {
   TempDir tmp;
   std::string dir = tmp.file("pool");
-  {
-    auto p = make_pool(dir);
-    ASSERT_TRUE(p->create_volume("v", 4 << 20).ok());
-    ASSERT_TRUE(p->write(*p->dev_id("v"), 0, bytes_of(std::string(kB, 'o'))).ok());
-    ASSERT_TRUE(p->snapshot("v", "s", false).ok());
-    ASSERT_TRUE(p->close().ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(make_pool_with_a_shared_block(dir));
   using namespace testing::workload;  // NOLINT: Recorder, Entry, Dev, Kind
   Recorder rec(dir + "/catalog");
   Pool::OpenOptions oo = recording_data_and_journal(rec);
@@ -382,14 +384,8 @@ TEST(PoolJournal, BackgroundCommitJournalsWithoutADataSync) {
     auto again = (*p)->background_commit();
     ASSERT_TRUE(again.ok()) << again.error().to_string();
     EXPECT_TRUE(*again);  // the copy and the write after it wait for a FLUSH
-    size_t data_flushes = 0, journal_writes = 0;
-    for (size_t i = mark; i < rec.log.size(); i++) {
-      const Entry& e = rec.log[i];
-      data_flushes += e.dev == Dev::kData && e.kind == Kind::kFlush;
-      journal_writes += e.dev == Dev::kJournal && e.kind == Kind::kWrite;
-    }
-    EXPECT_EQ(data_flushes, 0u);
-    EXPECT_EQ(journal_writes, 1u);
+    EXPECT_EQ(count_calls(rec, mark, Dev::kData, Kind::kFlush), 0u);
+    EXPECT_EQ(count_calls(rec, mark, Dev::kJournal, Kind::kWrite), 1u);
     PoolInfo i = (*p)->info();
     EXPECT_EQ(i.background_commits, 1u);
     EXPECT_EQ(i.journal_batches, 1u);
