@@ -8,7 +8,7 @@ PKGS=(
   cmake ninja-build g++ clang libclang-rt-14-dev pkg-config
   # libraries
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev libfmt-dev
-  nettle-dev libgnutls28-dev
+  nettle-dev libgnutls28-dev liburing-dev
   # the independent oracle for the on-disk format
   thin-provisioning-tools
   # real NBD clients and peers for the end-to-end tests

@@ -49,6 +49,10 @@ class BlockDevice {
   // REQUIRES: the ranges do not overlap.
   virtual Result<void> copy(uint64_t src, uint64_t dst, uint64_t len);
 
+  // A file descriptor the bytes of read() may be read from directly (pread, io_uring), or
+  // -1: read() only (memory, fault injection). Valid as long as the device.
+  virtual int read_fd() const { return -1; }
+
   // Grows (or shrinks) the device. A file grows sparse.
   virtual Result<void> resize(uint64_t new_size) = 0;
 

@@ -12,6 +12,7 @@
 #include <limits>
 
 #include "io/block_device.h"
+#include "io/read_ring.h"
 
 namespace tp::io {
 namespace {
@@ -34,17 +35,10 @@ class FileDevice final : public BlockDevice {
 
   Result<void> read(uint64_t off, std::span<std::byte> buf) override {
     TP_TRY(check(off, buf.size(), false));
-    while (!buf.empty()) {
-      ssize_t n = ::pread(fd_, buf.data(), buf.size(), static_cast<off_t>(off));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return sys_error("pread", off);
-      // The file shrank under us (size() is cached): not the caller's fault.
-      if (n == 0) return make_error(Errc::kIo, "pread: unexpected end of file", off);
-      buf = buf.subspan(static_cast<size_t>(n));
-      off += static_cast<uint64_t>(n);
-    }
-    return ok_result();
+    return pread_all(fd_, buf, off);
   }
+
+  int read_fd() const override { return fd_; }
 
   Result<void> write(uint64_t off, std::span<const std::byte> buf) override {
     TP_TRY(check(off, buf.size(), true));
@@ -136,8 +130,12 @@ class FileDevice final : public BlockDevice {
     return ok_result();
   }
 
-  Result<uint64_t> next_data(uint64_t off, uint64_t end) override { return seek(off, end, SEEK_DATA); }
-  Result<uint64_t> next_hole(uint64_t off, uint64_t end) override { return seek(off, end, SEEK_HOLE); }
+  Result<uint64_t> next_data(uint64_t off, uint64_t end) override {
+    return seek(off, end, SEEK_DATA);
+  }
+  Result<uint64_t> next_hole(uint64_t off, uint64_t end) override {
+    return seek(off, end, SEEK_HOLE);
+  }
 
   uint64_t allocated_bytes() const override {
     // A device node has no st_blocks; all of it is backing store as far as we can tell.
