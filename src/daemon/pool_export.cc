@@ -129,14 +129,20 @@ Result<void> PoolTarget::zero(uint64_t off, uint64_t len, bool no_hole) {
   return wrote(pool_.write_zeroes(dev_, off, len));
 }
 
-Result<std::vector<nbd::StatusExtent>> PoolTarget::block_status(uint64_t off, uint64_t len) {
-  TP_ASSIGN_OR_RETURN(std::vector<thin::Extent> ext, pool_.extents(dev_, off, len));
-  std::vector<nbd::StatusExtent> out;
-  out.reserve(ext.size());
+namespace {
+void to_status(const std::vector<thin::Extent>& ext, std::vector<nbd::StatusExtent>& out) {
+  out.clear();
   for (const thin::Extent& e : ext) {
     // An unmapped block reads as zeros (SEMANTICS.md "No stale data").
     out.push_back({e.length, e.mapped ? 0u : nbd::kStateHole | nbd::kStateZero});
   }
+}
+}  // namespace
+
+Result<std::vector<nbd::StatusExtent>> PoolTarget::block_status(uint64_t off, uint64_t len) {
+  TP_ASSIGN_OR_RETURN(std::vector<thin::Extent> ext, pool_.extents(dev_, off, len));
+  std::vector<nbd::StatusExtent> out;
+  to_status(ext, out);
   return out;
 }
 
@@ -146,10 +152,29 @@ Result<void> PoolTarget::read_sparse(uint64_t off, std::span<std::byte> buf,
   thread_local std::vector<thin::Extent> ext;
   extents.clear();
   TP_TRY(pool_.read(dev_, off, buf, &ext));
-  for (const thin::Extent& e : ext) {
-    extents.push_back({e.length, e.mapped ? 0u : nbd::kStateHole | nbd::kStateZero});
-  }
+  to_status(ext, extents);
   return {};
+}
+
+Result<uint64_t> PoolTarget::start_read(uint64_t off, std::span<std::byte> buf,
+                                        std::vector<nbd::StatusExtent>* extents,
+                                        std::vector<FileRead>& parts, bool may_wait) {
+  const int fd = pool_.data_device().read_fd();
+  if (fd < 0) return make_error(Errc::kUnsupported, "the data device has no descriptor");
+  thread_local std::vector<thin::Extent> ext;
+  thread_local std::vector<thin::Pool::ReadPart> pp;
+  pp.clear();
+  TP_ASSIGN_OR_RETURN(unsigned ticket,
+                      pool_.start_read(dev_, off, buf, extents ? &ext : nullptr, pp, may_wait));
+  if (extents) to_status(ext, *extents);
+  for (const thin::Pool::ReadPart& p : pp) {
+    parts.push_back({fd, p.data_offset, p.buf_offset, p.length});
+  }
+  return ticket;
+}
+
+void PoolTarget::finish_read(uint64_t ticket) {
+  pool_.finish_read(static_cast<unsigned>(ticket));
 }
 
 std::vector<std::string> PoolTarget::delta_bases() {

@@ -83,6 +83,12 @@ class PoolTarget : public nbd::BlockTarget {
   // Pool::extents, then Pool::read unless the range is all unmapped (zeros).
   Result<void> read_sparse(uint64_t off, std::span<std::byte> buf,
                            std::vector<nbd::StatusExtent>& extents) override;
+  // Pool::start_read on the data file's descriptor (kUnsupported when the data device has
+  // none: memory, fault injection).
+  Result<uint64_t> start_read(uint64_t off, std::span<std::byte> buf,
+                              std::vector<nbd::StatusExtent>* extents, std::vector<FileRead>& parts,
+                              bool may_wait) override;
+  void finish_read(uint64_t ticket) override;
   std::vector<std::string> delta_bases() override;
   Result<std::vector<nbd::StatusExtent>> delta_status(const std::string& base, uint64_t off,
                                                       uint64_t len) override;

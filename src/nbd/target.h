@@ -77,6 +77,28 @@ class BlockTarget {
   virtual Result<void> read_sparse(uint64_t off, std::span<std::byte> buf,
                                    std::vector<StatusExtent>& extents);
 
+  // A READ whose data the server reads itself, with the reads of other requests in one
+  // batch (io_uring, session.h). start_read does what read_sparse (extents given) or read
+  // (nullptr) does, except the file reads listed in parts (appended): for each, read
+  // length bytes at file_offset of fd into buf at buf_offset. The server then calls
+  // finish_read(ticket) exactly once, when those reads have ended (also when they failed).
+  // may_wait false: kBusy where the target would wait for requests in flight to end (a
+  // caller holding tickets of reads it has not started yet must start them first).
+  // kUnsupported (the default): this target reads through read/read_sparse only.
+  struct FileRead {
+    int fd = -1;
+    uint64_t file_offset = 0;
+    uint64_t buf_offset = 0;
+    uint64_t length = 0;
+  };
+  virtual Result<uint64_t> start_read(uint64_t off, std::span<std::byte> buf,
+                                      std::vector<StatusExtent>* extents,
+                                      std::vector<FileRead>& parts, bool may_wait) {
+    (void)off, (void)buf, (void)extents, (void)parts, (void)may_wait;
+    return make_error(Errc::kUnsupported, "the target reads itself");
+  }
+  virtual void finish_read(uint64_t ticket) { (void)ticket; }
+
   // thinpool:delta:<base>: names usable as <base> for this export (the other volumes).
   virtual std::vector<std::string> delta_bases() { return {}; }
   // Extents flagged kStateChanged where this export differs from base; same rules as

@@ -637,41 +637,64 @@ Result<void> Pool::read(uint64_t dev, uint64_t off, std::span<std::byte> buf) {
 
 Result<void> Pool::read(uint64_t dev, uint64_t off, std::span<std::byte> buf,
                         std::vector<Extent>* extents) {
+  if (buf.empty()) {
+    if (extents) extents->clear();
+    return {};
+  }
+  thread_local std::vector<ReadPart> parts;
+  parts.clear();
+  TP_ASSIGN_OR_RETURN(unsigned ticket, start_read(dev, off, buf, extents, parts));
+  Result<void> res;
+  for (const ReadPart& p : parts) {
+    res = data_->read(p.data_offset, buf.subspan(p.buf_offset, p.length));
+    if (!res.ok()) break;
+  }
+  finish_read(ticket);
+  return res;
+}
+
+Result<unsigned> Pool::start_read(uint64_t dev, uint64_t off, std::span<std::byte> buf,
+                                  std::vector<Extent>* extents, std::vector<ReadPart>& parts,
+                                  bool may_wait) {
   if (extents) extents->clear();
-  if (buf.empty()) return {};
   const uint64_t B = block_bytes_;
   thread_local std::vector<std::pair<uint64_t, uint64_t>> maps;  // (vb, data block)
   maps.clear();
   unsigned slot;
   {
     std::unique_lock lk(mu_);
+    if (!may_wait && quiesce_ > 0) return make_error(Errc::kBusy, "requests are held back");
     wait_io_allowed_locked(lk);
     TP_ASSIGN_OR_RETURN(auto* rec, record_by_dev_locked(dev));
     if (off > rec->size_bytes || buf.size() > rec->size_bytes - off) {
       return make_error(Errc::kInvalidArgument, "read beyond the end of the volume", off);
     }
-    const uint64_t vb0 = off / B, vb1 = (off + buf.size() - 1) / B;
-    TP_TRY(md_->walk(dev, vb0, vb1, [&](uint64_t vb, const pdata::Mapping& m) -> Result<bool> {
-      maps.emplace_back(vb, m.data_block);
-      return true;
-    }));
+    if (!buf.empty()) {
+      const uint64_t vb0 = off / B, vb1 = (off + buf.size() - 1) / B;
+      TP_TRY(md_->walk(dev, vb0, vb1, [&](uint64_t vb, const pdata::Mapping& m) -> Result<bool> {
+        maps.emplace_back(vb, m.data_block);
+        return true;
+      }));
+    }
     slot = begin_io_locked();
   }
   const uint64_t end = off + buf.size();
-  uint64_t pos = off;  // bytes before pos are done
+  uint64_t pos = off;  // bytes before pos are planned
+  auto run = [&](uint64_t a, uint64_t b, bool mapped) {
+    if (!extents || a >= b) return;
+    if (!extents->empty() && extents->back().mapped == mapped) {
+      extents->back().length += b - a;
+    } else {
+      extents->push_back({a, b - a, mapped});
+    }
+  };
   auto hole = [&](uint64_t a, uint64_t b) {
     if (a >= b) return;
     std::memset(buf.data() + (a - off), 0, b - a);
-    if (!extents) return;
-    if (!extents->empty() && !extents->back().mapped) {
-      extents->back().length += b - a;
-    } else {
-      extents->push_back({a, b - a, false});
-    }
+    run(a, b, false);
   };
-  Result<void> res;
-  for (size_t i = 0; i < maps.size() && res.ok();) {
-    // Merge runs of consecutive virtual blocks on consecutive data blocks into one read.
+  for (size_t i = 0; i < maps.size();) {
+    // Runs of consecutive virtual blocks on consecutive data blocks are one part.
     size_t j = i + 1;
     while (j < maps.size() && maps[j].first == maps[j - 1].first + 1 &&
            maps[j].second == maps[j - 1].second + 1) {
@@ -680,21 +703,14 @@ Result<void> Pool::read(uint64_t dev, uint64_t off, std::span<std::byte> buf,
     uint64_t v_begin = std::max(off, maps[i].first * B);
     uint64_t v_end = std::min(end, (maps[j - 1].first + 1) * B);
     hole(pos, v_begin);
-    uint64_t d = maps[i].second * B + (v_begin - maps[i].first * B);
-    res = data_->read(d, buf.subspan(v_begin - off, v_end - v_begin));
-    if (extents) {
-      if (!extents->empty() && extents->back().mapped) {
-        extents->back().length += v_end - v_begin;
-      } else {
-        extents->push_back({v_begin, v_end - v_begin, true});
-      }
-    }
+    parts.push_back(
+        {maps[i].second * B + (v_begin - maps[i].first * B), v_begin - off, v_end - v_begin});
+    run(v_begin, v_end, true);
     pos = v_end;
     i = j;
   }
-  if (res.ok()) hole(pos, end);
-  end_io(slot);
-  return res;
+  hole(pos, end);
+  return slot;
 }
 
 Result<void> Pool::write(uint64_t dev, uint64_t off, std::span<const std::byte> buf) {

@@ -269,6 +269,24 @@ class Pool {
   // (Pool::extents' answer) from the same walk: unmapped runs read as zeros without I/O.
   Result<void> read(uint64_t dev, uint64_t off, std::span<std::byte> buf,
                     std::vector<Extent>* extents);
+  // A read in two steps, for callers that do the data I/O themselves (the NBD server's
+  // io_uring): start_read does everything of read() but the data reads. It zeroes the
+  // unmapped runs of buf, fills *extents as read() does, and appends to parts the mapped
+  // runs: read parts[i].length bytes at parts[i].data_offset of data_device() into
+  // buf[parts[i].buf_offset, ...). The data blocks stay the volume's until finish_read(the
+  // returned ticket), which must follow exactly once, also when the data reads fail.
+  // may_wait false: kBusy instead of waiting while a volume operation holds requests back
+  // (for a caller that holds tickets whose reads it has not started yet: they would never
+  // drain).
+  struct ReadPart {
+    uint64_t data_offset = 0;
+    uint64_t buf_offset = 0;
+    uint64_t length = 0;
+  };
+  Result<unsigned> start_read(uint64_t dev, uint64_t off, std::span<std::byte> buf,
+                              std::vector<Extent>* extents, std::vector<ReadPart>& parts,
+                              bool may_wait = true);
+  void finish_read(unsigned ticket) { end_io(ticket); }
   Result<void> write(uint64_t dev, uint64_t off, std::span<const std::byte> buf);
   Result<void> trim(uint64_t dev, uint64_t off, uint64_t len);
   // Zeros the range: whole blocks are unmapped, partial ones written with zeros.

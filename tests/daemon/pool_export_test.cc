@@ -4,6 +4,7 @@
 #include "daemon/pool_export.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -220,6 +221,71 @@ TEST_F(PoolExportTest, ReadSparseReturnsTheDataAndZeroHolesInOneCall) {
   EXPECT_TRUE(std::all_of(buf.begin(), buf.end(), [](std::byte b) { return b == std::byte{0}; }));
   // Past the end: the pool's error.
   EXPECT_EQ(vol->read_sparse(vol->size() - 100, buf, ext).error().code, Errc::kInvalidArgument);
+}
+
+// start_read + the file reads it hands out give what read_sparse (and read) give; the
+// ticket keeps a volume operation waiting until it is finished, and a start_read that must
+// not wait is kBusy meanwhile.
+TEST_F(PoolExportTest, StartReadHandsOutTheFileReadsOfAReadAndPinsItsEpoch) {
+  PoolCatalog cat(*pool, commit, {}, "");
+  auto vol = open(cat, "vol");
+  std::vector<std::byte> d(2 * B);
+  for (size_t i = 0; i < d.size(); i++) d[i] = std::byte(i * 13 % 251);
+  ASSERT_TRUE(vol->write(2 * B, d, false).ok());
+  const uint64_t off = B - 4096, len = 4 * B - 100 - off;  // mapped, hole, mapped, hole
+  for (bool sparse : {true, false}) {
+    std::vector<std::byte> want(len), got(len, std::byte{0xee});
+    std::vector<nbd::StatusExtent> want_ext, got_ext{{1, 7}};
+    ASSERT_TRUE((sparse ? vol->read_sparse(off, want, want_ext) : vol->read(off, want)).ok());
+    std::vector<nbd::BlockTarget::FileRead> parts;
+    auto ticket = vol->start_read(off, got, sparse ? &got_ext : nullptr, parts, true);
+    ASSERT_TRUE(ticket.ok()) << ticket.error().to_string();
+    EXPECT_EQ(parts.size(), 2u);
+    for (const auto& p : parts) {
+      ASSERT_EQ(::pread(p.fd, got.data() + p.buf_offset, p.length, off_t(p.file_offset)),
+                ssize_t(p.length));
+    }
+    vol->finish_read(*ticket);
+    EXPECT_EQ(got, want) << "sparse " << sparse;
+    if (sparse) {
+      ASSERT_EQ(got_ext.size(), want_ext.size());
+      for (size_t i = 0; i < got_ext.size(); i++) {
+        EXPECT_EQ(got_ext[i].length, want_ext[i].length);
+        EXPECT_EQ(got_ext[i].flags, want_ext[i].flags);
+      }
+    }
+  }
+  std::vector<std::byte> buf(4096);
+  std::vector<nbd::BlockTarget::FileRead> parts;
+  auto held = vol->start_read(0, buf, nullptr, parts, true);
+  ASSERT_TRUE(held.ok());
+  std::atomic<bool> done{false};
+  std::thread op([&] {
+    EXPECT_TRUE(pool->snapshot("vol", "s2", false).ok());
+    done = true;
+  });
+  // Wait until the snapshot holds new requests back: a start_read that may not wait says so.
+  bool busy = false;
+  for (int i = 0; i < 10000 && !busy; i++) {
+    parts.clear();
+    auto r = vol->start_read(0, buf, nullptr, parts, false);
+    if (r.ok()) {
+      vol->finish_read(*r);
+      std::this_thread::sleep_for(1ms);
+    } else {
+      EXPECT_EQ(r.error().code, Errc::kBusy);
+      busy = true;
+    }
+  }
+  EXPECT_TRUE(busy);
+  EXPECT_FALSE(done.load()) << "the snapshot did not wait for the read in flight";
+  vol->finish_read(*held);
+  op.join();
+  EXPECT_TRUE(done.load());
+  parts.clear();
+  auto after = vol->start_read(0, buf, nullptr, parts, false);
+  ASSERT_TRUE(after.ok());
+  vol->finish_read(*after);
 }
 
 TEST_F(PoolExportTest, ZeroWithNoHoleProvisionsAndWithoutUnmaps) {
