@@ -62,7 +62,7 @@ test-tsan: deps $(TSAN_BUILD)/build.ninja
 	cmake --build $(TSAN_BUILD) -j $(JOBS) --target $(TSAN_TESTS)
 	@set -e; for t in $(TSAN_TESTS); do \
 	  echo "tsan: $$t"; \
-	  TP_QUICK=1 TP_SOURCE_DIR=$(CURDIR) TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+	  TP_QUICK=1 TP_SOURCE_DIR=$(CURDIR) TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" \
 	    $(TSAN_BUILD)/tests/$$t --gtest_brief=1; \
 	done
 

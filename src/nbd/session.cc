@@ -1,7 +1,9 @@
 #include "nbd/session.h"
 
 #include <algorithm>
+#include <array>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -9,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "io/read_ring.h"
 #include "nbd/budget.h"
 #include "nbd/buffer_pool.h"
 #include "nbd/protocol.h"
@@ -42,6 +45,17 @@ constexpr unsigned kSlowWindow = 16;
 // kFastProbes fast ones in a row bring them back.
 constexpr unsigned kProbeEvery = 16;
 constexpr unsigned kFastProbes = 4;
+
+// The io_uring of a connection (reads the workers would otherwise wait for): room for this
+// many file reads queued or in flight; the reader submits what it queued once this many wait,
+// and before it waits for anything.
+constexpr unsigned kRingEntries = 256;
+constexpr unsigned kRingSubmitBatch = 32;
+// A READ split into more file reads than this is left to a worker (a fragmented large read).
+constexpr size_t kRingMaxParts = 16;
+// Completions taken at once by the completing thread.
+constexpr size_t kRingReap = 64;
+constexpr uint64_t kRingWakeTag = ~uint64_t{0};
 
 struct Request {
   wire::RequestHeader h;
@@ -241,6 +255,19 @@ class Session {
   void flush_if_full();
   // Starts a worker (the reader runs the queue itself if no thread can be had at all).
   void start_worker();
+  // Before the reader waits (for the client, for budget, for room in the ring): sends the
+  // replies it holds and submits the reads it queued, so it never waits for what it holds.
+  void before_wait();
+
+  // --- reads through the connection's io_uring (the target's start_read)
+  // The reader: takes r if the ring can run it (else false: a worker runs it).
+  bool ring_read(Request& r);
+  // Makes the ring and its completing thread; false (logged) when they cannot be had.
+  bool make_ring();
+  void ring_submit();
+  // The completing thread: replies to reads whose file reads have ended.
+  void completer();
+  void finish_ring_read(unsigned slot, Context& cx);
 
   // Budget: blocks the reader until a request of `cost` bytes fits in this connection's
   // limits, then in the shared budget; before it waits, it sends the replies it holds.
@@ -253,6 +280,10 @@ class Session {
   // Runs r and adds its reply to cx.out, which holds r's buffer and budget from now on.
   void execute(Request& r, Context& cx);
   void read(Request& r, Context& cx);
+  // The reply to a READ of h whose bytes are in buf; extents (reused; nullptr: all data) as
+  // read_sparse gave them.
+  void reply_read(Context& cx, const wire::RequestHeader& h, std::span<const std::byte> buf,
+                  std::vector<StatusExtent>* extents);
   void block_status(const wire::RequestHeader& h, Context& cx);
   Result<void> zero(const wire::RequestHeader& h);
   // Sends the replies in cx.out and gives back what they held.
@@ -287,6 +318,29 @@ class Session {
   std::mutex write_mu_;
   bool broken_ = false;  // guarded by write_mu_
 
+  // A READ in the ring: its request (buffer, budget), the target's ticket, its extents and
+  // file reads, and how many of those have not ended.
+  struct RingRead {
+    Request r;
+    uint64_t ticket = 0;
+    bool sparse = false;
+    std::vector<StatusExtent> extents;
+    std::vector<BlockTarget::FileRead> parts;
+    size_t left = 0;
+    Result<void> res;
+  };
+  std::unique_ptr<io::ReadRing> ring_;  // made at the first READ for it; null: none
+  bool ring_off_ = false;               // reader only: no ring for this connection
+  unsigned ring_queued_ = 0;            // reader only: file reads queued, not submitted
+  std::thread completer_;
+  std::mutex ring_mu_;                // guards what follows, and hands slots between threads
+  std::condition_variable ring_cv_;   // reader: room in the ring
+  std::vector<RingRead> ring_slots_;  // max_inflight_requests of them
+  std::vector<unsigned> ring_free_;   // free slots
+  unsigned ring_parts_ = 0;           // file reads queued or in flight
+  unsigned ring_reads_ = 0;           // READs in the ring
+  bool ring_closing_ = false;
+
   std::mutex mu_;
   std::condition_variable queue_cv_;   // workers: a request or closing
   std::condition_variable budget_cv_;  // reader: budget freed
@@ -307,7 +361,7 @@ bool Session::acquire(uint64_t cost) {
     if (!fits()) {
       // The replies the reader holds count too: they must go out before it waits.
       lk.unlock();
-      flush(reader_cx_);
+      before_wait();
       lk.lock();
       budget_cv_.wait(lk, fits);
     }
@@ -319,7 +373,7 @@ bool Session::acquire(uint64_t cost) {
   // budget while they hold replies: waiting for it while holding a slot here cannot
   // deadlock.
   if (cost > 0 && shared_ && !shared_->try_acquire(cost)) {
-    flush(reader_cx_);
+    before_wait();
     if (!shared_->acquire(cost)) {
       std::lock_guard lk(mu_);
       inflight_requests_--;
@@ -349,7 +403,7 @@ Result<void> Session::take_payload(std::span<std::byte> buf) {
   std::memcpy(buf.data(), in_.data(), have);
   in_.consume(have);
   if (have == buf.size()) return {};
-  flush(reader_cx_);  // about to wait for the client
+  before_wait();  // about to wait for the client
   return read_payload(buf.subspan(have));
 }
 
@@ -370,7 +424,7 @@ Result<void> Session::skip(uint64_t n) {
   const size_t have = static_cast<size_t>(std::min<uint64_t>(in_.size(), n));
   in_.consume(have);
   if (have == n) return {};
-  flush(reader_cx_);
+  before_wait();
   return ch_.skip(n - have);
 }
 
@@ -379,7 +433,7 @@ void Session::run() {
   const char* end_reason = "client disconnected";
   for (;;) {
     if (in_.size() < kRequestHeaderBytes) {
-      flush(reader_cx_);  // about to wait for the client: what is answered goes out first
+      before_wait();  // about to wait for the client: what is answered goes out first
       if (auto r = fill(); !r.ok()) {
         if (!is_peer_closed(r.error()))
           log_.warn("nbd: {}: read: {}", n_.export_name, describe(r.error()));
@@ -436,7 +490,18 @@ void Session::run() {
     dispatch(std::move(req));
   }
 
-  flush(reader_cx_);
+  before_wait();
+  if (completer_.joinable()) {
+    {
+      std::lock_guard lk(ring_mu_);
+      ring_closing_ = true;
+    }
+    // The completing thread ends once the ring is empty; this wakes it to see that.
+    if (!ring_->queue_wake(kRingWakeTag)) std::abort();  // the reads in flight leave room
+    ring_queued_++;
+    ring_submit();
+    completer_.join();
+  }
   {
     std::lock_guard lk(mu_);
     closing_ = true;
@@ -488,12 +553,16 @@ void Session::note_inline(const wire::RequestHeader& h, Clock::duration took) {
 
 void Session::dispatch(Request&& r) {
   if (run_inline(r.h)) {
+    // The target may wait for the requests in flight (a volume operation going idle): the
+    // reads queued in the ring must be in flight first.
+    ring_submit();
     const Clock::time_point start = Clock::now();
     execute(r, reader_cx_);
     note_inline(r.h, Clock::now() - start);
     flush_if_full();
     return;
   }
+  if (r.h.type == kCmdRead && ring_read(r)) return;
   bool wake, more;
   {
     std::lock_guard lk(mu_);
@@ -511,6 +580,186 @@ void Session::flush_if_full() {
   }
 }
 
+void Session::before_wait() {
+  ring_submit();
+  flush(reader_cx_);
+}
+
+bool Session::make_ring() {
+  auto ring = io::ReadRing::create(kRingEntries);
+  if (!ring.ok()) {
+    log_.debug("nbd: {}: no io_uring ({}); READs that wait go to worker threads", n_.export_name,
+               describe(ring.error()));
+    return false;
+  }
+  ring_ = std::move(*ring);
+  try {
+    completer_ = std::thread([this] { completer(); });
+  } catch (const std::system_error& e) {
+    log_.warn("nbd: {}: cannot start the io_uring thread: {}", n_.export_name, e.what());
+    ring_.reset();
+    return false;
+  }
+  return true;
+}
+
+bool Session::ring_read(Request& r) {
+  if (ring_off_ || !opts_.ring_reads) return false;
+  if (ring_slots_.empty()) {
+    ring_slots_.resize(opts_.max_inflight_requests);
+    for (unsigned i = opts_.max_inflight_requests; i-- > 0;) ring_free_.push_back(i);
+  }
+  const wire::RequestHeader& h = r.h;
+  unsigned slot;
+  {
+    std::lock_guard lk(ring_mu_);
+    slot = ring_free_.back();  // one per request in flight: never empty here
+    ring_free_.pop_back();
+  }
+  RingRead& rr = ring_slots_[slot];
+  rr.sparse = n_.structured && !(h.flags & kCmdFlagDf);
+  auto start = [&](bool may_wait) {
+    rr.parts.clear();
+    return t_.start_read(h.offset, r.buf.first(h.length), rr.sparse ? &rr.extents : nullptr,
+                         rr.parts, may_wait);
+  };
+  // With reads queued, not submitted, the target must not wait for the requests in flight.
+  auto ticket = start(ring_queued_ == 0);
+  if (!ticket.ok() && ticket.error().code == Errc::kBusy && ring_queued_ > 0) {
+    ring_submit();
+    ticket = start(true);
+  }
+  auto give_back = [&] {
+    std::lock_guard lk(ring_mu_);
+    ring_free_.push_back(slot);
+  };
+  if (!ticket.ok()) {
+    give_back();
+    if (ticket.error().code == Errc::kUnsupported) {
+      ring_off_ = true;  // this target reads itself: workers from now on
+      return false;
+    }
+    reply_result(reader_cx_, h, ticket.error());
+    reader_cx_.out.hold(std::move(r.buf), r.cost);
+    flush_if_full();
+    return true;
+  }
+  if (!ring_ && !rr.parts.empty() && !make_ring()) ring_off_ = true;
+  if (!ring_ || rr.parts.empty() || rr.parts.size() > kRingMaxParts) {
+    // All holes: nothing to wait for. No ring, or too fragmented for it: read here (rare).
+    Result<void> res;
+    for (const BlockTarget::FileRead& p : rr.parts) {
+      res =
+          io::pread_all(p.fd, r.buf.first(h.length).subspan(p.buf_offset, p.length), p.file_offset);
+      if (!res.ok()) break;
+    }
+    t_.finish_read(*ticket);
+    if (res.ok()) {
+      reply_read(reader_cx_, h, r.buf.first(h.length), rr.sparse ? &rr.extents : nullptr);
+    } else {
+      reply_result(reader_cx_, h, res);
+    }
+    reader_cx_.out.hold(std::move(r.buf), r.cost);
+    give_back();
+    flush_if_full();
+    return true;
+  }
+  const unsigned n = static_cast<unsigned>(rr.parts.size());
+  // Taken before the slot is handed over: the completing thread owns rr.r from then on (the
+  // kernel's completion orders it after our reads, which ThreadSanitizer cannot see).
+  const std::span<std::byte> buf = r.buf.first(h.length);
+  {
+    std::unique_lock lk(ring_mu_);
+    if (ring_parts_ + n >= ring_->capacity()) {
+      lk.unlock();
+      before_wait();
+      lk.lock();
+      ring_cv_.wait(lk, [&] { return ring_parts_ + n < ring_->capacity(); });
+    }
+    ring_parts_ += n;
+    ring_reads_++;
+    rr.r = std::move(r);
+    rr.ticket = *ticket;
+    rr.left = n;
+    rr.res = {};
+  }
+  for (unsigned i = 0; i < n; i++) {
+    const BlockTarget::FileRead& p = rr.parts[i];
+    const uint64_t tag = (uint64_t{slot} << 32) | i;
+    while (!ring_->queue_read(p.fd, buf.subspan(p.buf_offset, p.length), p.file_offset, tag)) {
+      ring_submit();
+    }
+    ring_queued_++;
+  }
+  if (ring_queued_ >= kRingSubmitBatch) ring_submit();
+  return true;
+}
+
+void Session::ring_submit() {
+  if (!ring_ || ring_queued_ == 0) return;
+  if (auto r = ring_->submit(); !r.ok()) {
+    // Only a broken ring fails here (per-read errors come as completions); the reads queued
+    // in it could never be answered.
+    log_.error("nbd: {}: {}", n_.export_name, describe(r.error()));
+    std::abort();
+  }
+  ring_queued_ = 0;
+}
+
+void Session::completer() {
+  Context cx;
+  std::array<io::ReadRing::Completion, kRingReap> done;
+  for (;;) {
+    auto got = ring_->wait(done);
+    if (!got.ok()) {
+      log_.error("nbd: {}: {}", n_.export_name, describe(got.error()));
+      std::abort();
+    }
+    unsigned parts_done = 0;
+    bool finish = false;
+    {
+      std::lock_guard lk(ring_mu_);  // the slots were filled before the reader unlocked it
+      for (size_t i = 0; i < *got; i++) {
+        if (done[i].tag == kRingWakeTag) continue;
+        const unsigned slot = static_cast<unsigned>(done[i].tag >> 32);
+        RingRead& rr = ring_slots_[slot];
+        const BlockTarget::FileRead& p = rr.parts[done[i].tag & 0xffffffffu];
+        const int32_t res = done[i].result;
+        parts_done++;
+        if (res < 0) {
+          errno = -res;
+          if (rr.res.ok()) rr.res = sys_error("io_uring read", p.file_offset);
+        } else if (static_cast<uint64_t>(res) < p.length && rr.res.ok()) {
+          // A short read: the rest synchronously.
+          std::span<std::byte> rest =
+              rr.r.buf.first(rr.r.h.length).subspan(p.buf_offset + res, p.length - res);
+          rr.res = io::pread_all(p.fd, rest, p.file_offset + res);
+        }
+        if (--rr.left == 0) finish_ring_read(slot, cx);
+      }
+      ring_parts_ -= parts_done;
+      finish = ring_closing_ && ring_reads_ == 0;
+    }
+    if (parts_done > 0) ring_cv_.notify_one();
+    flush(cx);
+    if (finish) return;
+  }
+}
+
+// REQUIRES: ring_mu_ held.
+void Session::finish_ring_read(unsigned slot, Context& cx) {
+  RingRead& rr = ring_slots_[slot];
+  t_.finish_read(rr.ticket);
+  if (rr.res.ok()) {
+    reply_read(cx, rr.r.h, rr.r.buf.first(rr.r.h.length), rr.sparse ? &rr.extents : nullptr);
+  } else {
+    reply_result(cx, rr.r.h, rr.res);
+  }
+  cx.out.hold(std::move(rr.r.buf), rr.r.cost);
+  ring_reads_--;
+  ring_free_.push_back(slot);
+}
+
 void Session::start_worker() {
   try {
     workers_.emplace_back([this] { worker(); });
@@ -526,6 +775,7 @@ void Session::start_worker() {
       if (queue_.empty()) return;
       r = queue_.pop();
     }
+    ring_submit();
     execute(r, reader_cx_);
     flush(reader_cx_);
   }
@@ -607,27 +857,30 @@ Result<void> Session::zero(const wire::RequestHeader& h) {
 
 void Session::read(Request& r, Context& cx) {
   const wire::RequestHeader& h = r.h;
-  const uint32_t len = h.length;
   // Every byte of it is written by the target (read_sparse: holes as zeros) before any is
   // sent: a reused buffer never shows an earlier request's data.
-  std::span<std::byte> buf = r.buf.first(len);
+  std::span<std::byte> buf = r.buf.first(h.length);
+  const bool sparse = n_.structured && !(h.flags & kCmdFlagDf);
+  Result<void> res = sparse ? t_.read_sparse(h.offset, buf, cx.extents) : t_.read(h.offset, buf);
+  if (!res.ok()) {
+    reply_result(cx, h, res);
+    return;
+  }
+  reply_read(cx, h, buf, sparse ? &cx.extents : nullptr);
+}
+
+void Session::reply_read(Context& cx, const wire::RequestHeader& h, std::span<const std::byte> buf,
+                         std::vector<StatusExtent>* extents) {
+  const uint32_t len = h.length;
   std::vector<wire::Descriptor>& parts = cx.parts;  // flags kStateHole marks a hole
-  if (n_.structured && !(h.flags & kCmdFlagDf)) {
-    if (auto res = t_.read_sparse(h.offset, buf, cx.extents); !res.ok()) {
-      reply_result(cx, h, res);
-      return;
-    }
-    for (StatusExtent& x : cx.extents) x.flags = (x.flags & kStateZero) ? kStateHole : 0;
-    to_descriptors(cx.extents, len, SIZE_MAX, parts);
+  if (extents) {
+    for (StatusExtent& x : *extents) x.flags = (x.flags & kStateZero) ? kStateHole : 0;
+    to_descriptors(*extents, len, SIZE_MAX, parts);
     // Extents that do not reach the end leave the tail as data.
     uint64_t covered = 0;
     for (const wire::Descriptor& p : parts) covered += p.length;
     if (covered < len) parts.push_back({static_cast<uint32_t>(len - covered), 0});
   } else {
-    if (auto res = t_.read(h.offset, buf); !res.ok()) {
-      reply_result(cx, h, res);
-      return;
-    }
     parts.clear();
     parts.push_back({len, 0});
   }

@@ -14,6 +14,16 @@
 // requests sampled on the reader are fast again. A request alone in flight always runs on
 // the reader (QD1: nothing to overlap with).
 //
+// READs that would go to a worker go through the connection's io_uring instead when the
+// target can hand out its file reads (BlockTarget::start_read, SessionOptions::ring_reads):
+// the reader looks the READ up, queues its file reads, and submits the queued ones in one
+// call before it waits for anything (the client, budget, room in the ring) or calls the
+// target for anything but a start_read that must not wait: a target that holds new requests
+// until those in flight end must never wait for a read the reader has not submitted. A
+// completing thread sends each READ's reply once its file reads have ended. So a deep queue
+// of reads that miss the page cache costs no thread handoff per READ and reaches the disk in
+// batches. No io_uring (old kernel, seccomp, kernel.io_uring_disabled): the workers read.
+//
 // Memory is bounded per connection and for the whole server: the reader waits before taking
 // a request whose READ or WRITE buffer would push the connection's bytes in flight past
 // max_inflight_bytes (one request of up to kMaxPayload is always allowed), or its request
@@ -49,6 +59,9 @@ struct SessionOptions {
   // needed. They take what may block; while the target waits for I/O, more of them keep
   // more reads in flight at the disk.
   unsigned workers = 16;
+  // READs that would go to a worker are read through an io_uring of the connection instead,
+  // when the target supports it (BlockTarget::start_read) and the kernel allows it.
+  bool ring_reads = true;
   // READs and WRITEs up to this many bytes may run on the reader thread (0: never).
   uint32_t inline_max_bytes = 128u << 10;
   // Freed READ/WRITE buffers kept for reuse by the connection (not counted in the budgets).

@@ -5,6 +5,7 @@
 // fails a test instead of hanging it. Test support only: plumbing failures throw.
 
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -18,6 +19,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "nbd/protocol.h"
@@ -61,6 +63,26 @@ struct MemDisk {
   bool gate_writes = false;
   std::atomic<int> waiting{0};
   std::condition_variable gate_cv;
+  // With a file (enable_file), the target offers start_read: the server reads the bytes
+  // from this memfd (a copy taken at start_read) through its io_uring.
+  int file = -1;
+  bool bad_file_next = false;          // the next start_read gives a descriptor that fails
+  std::atomic<int> reads_started{0};   // start_read calls that returned a ticket
+  std::atomic<int> reads_finished{0};  // finish_read calls
+  // Like a pool with a volume operation waiting to go idle: while a ticket is out, reads and
+  // writes wait for it to be finished, and start_read without may_wait is kBusy.
+  bool barrier = false;
+  std::atomic<int> busy{0};                 // kBusy answers of start_read
+  std::chrono::microseconds read_delay{0};  // read() sleeps this long (a disk, not a cache)
+  void enable_file() {
+    file = ::memfd_create("memdisk", 0);
+    if (file < 0 || ::ftruncate(file, static_cast<off_t>(data.size())) != 0) {
+      throw std::runtime_error("memfd_create");
+    }
+  }
+  ~MemDisk() {
+    if (file >= 0) ::close(file);
+  }
   void open_gate() {
     std::lock_guard lk(mu);
     gate_closed = false;
@@ -78,7 +100,9 @@ class MemTarget : public BlockTarget {
 
   Result<void> read(uint64_t off, std::span<std::byte> buf) override {
     d_->reads++;
+    if (d_->read_delay.count() > 0) std::this_thread::sleep_for(d_->read_delay);
     std::unique_lock lk(d_->mu);
+    wait_barrier(lk);
     if (d_->gate_closed) {
       d_->waiting++;
       d_->gate_cv.wait(lk, [&] { return !d_->gate_closed; });
@@ -90,6 +114,7 @@ class MemTarget : public BlockTarget {
   }
   Result<void> write(uint64_t off, std::span<const std::byte> buf, bool fua) override {
     std::unique_lock lk(d_->mu);
+    wait_barrier(lk);
     if (d_->gate_closed && d_->gate_writes) {
       d_->waiting++;
       d_->gate_cv.wait(lk, [&] { return !d_->gate_closed; });
@@ -139,6 +164,50 @@ class MemTarget : public BlockTarget {
     d_->sparse_reads++;
     return BlockTarget::read_sparse(off, buf, extents);
   }
+  Result<uint64_t> start_read(uint64_t off, std::span<std::byte> buf,
+                              std::vector<StatusExtent>* extents, std::vector<FileRead>& parts,
+                              bool may_wait) override {
+    if (d_->file < 0) return BlockTarget::start_read(off, buf, extents, parts, may_wait);
+    std::unique_lock lk(d_->mu);
+    if (!may_wait && tickets_out()) {
+      d_->busy++;
+      return make_error(Errc::kBusy, "tickets are out");
+    }
+    wait_barrier(lk);
+    (extents ? d_->sparse_reads : d_->reads)++;
+    if (d_->gate_closed) {
+      d_->waiting++;
+      d_->gate_cv.wait(lk, [&] { return !d_->gate_closed; });
+      d_->waiting--;
+    }
+    TP_TRY(check(off, buf.size()));
+    if (::pwrite(d_->file, d_->data.data() + off, buf.size(), static_cast<off_t>(off)) !=
+        static_cast<ssize_t>(buf.size())) {
+      throw std::runtime_error("pwrite to the memfd");
+    }
+    const int fd = std::exchange(d_->bad_file_next, false) ? 1 << 20 : d_->file;
+    if (!extents) {
+      parts.push_back({fd, off, 0, buf.size()});
+    } else {
+      *extents = runs(d_->mapped, off, buf.size(), 0, kStateHole | kStateZero);
+      uint64_t pos = 0;
+      for (const StatusExtent& e : *extents) {
+        if (e.flags & kStateZero) {
+          std::memset(buf.data() + pos, 0, e.length);
+        } else {
+          parts.push_back({fd, off + pos, pos, e.length});
+        }
+        pos += e.length;
+      }
+    }
+    return static_cast<uint64_t>(++d_->reads_started);
+  }
+  void finish_read(uint64_t ticket) override {
+    (void)ticket;
+    std::lock_guard lk(d_->mu);
+    d_->reads_finished++;
+    d_->gate_cv.notify_all();
+  }
   std::vector<std::string> delta_bases() override { return {"base"}; }
   Result<std::vector<StatusExtent>> delta_status(const std::string& base, uint64_t off,
                                                  uint64_t len) override {
@@ -149,6 +218,12 @@ class MemTarget : public BlockTarget {
   }
 
  private:
+  bool tickets_out() const {
+    return d_->barrier && d_->reads_started.load() != d_->reads_finished.load();
+  }
+  void wait_barrier(std::unique_lock<std::mutex>& lk) {
+    d_->gate_cv.wait(lk, [&] { return !tickets_out(); });
+  }
   Result<void> check(uint64_t off, uint64_t len) {
     if (d_->fail_next) {
       Errc c = *d_->fail_next;

@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <numeric>
 #include <set>
@@ -30,14 +31,19 @@ std::vector<std::byte> pattern(size_t n, int seed) {
   return v;
 }
 
-// Every test runs twice: with small READs and WRITEs on the reader thread (the default),
-// and with every request on the workers (inline_max_bytes = 0).
-class SessionTest : public ::testing::TestWithParam<bool> {
+// Every test runs three ways: with small READs and WRITEs on the reader thread (the
+// default), with every request on the workers (inline_max_bytes = 0), and with every READ
+// through the connection's io_uring (the target offers start_read on a memfd).
+enum class Path { kOnTheReader, kOnWorkers, kThroughTheRing };
+
+class SessionTest : public ::testing::TestWithParam<Path> {
  protected:
-  static bool on_reader() { return GetParam(); }
+  static bool on_reader() { return GetParam() == Path::kOnTheReader; }
+  static bool ring() { return GetParam() == Path::kThroughTheRing; }
   static SessionOptions session_options() {
     SessionOptions so;
     if (!on_reader()) so.inline_max_bytes = 0;
+    so.ring_reads = ring();
     return so;
   }
   static ServerOptions server_options() {
@@ -46,8 +52,18 @@ class SessionTest : public ::testing::TestWithParam<bool> {
     return o;
   }
   SessionTest() {
+    if (ring()) {
+      disk->enable_file();
+      ro->enable_file();
+    }
     h.catalog.add("vol", disk);
     h.catalog.add("snap", ro);
+  }
+  ~SessionTest() override {
+    h.server.stop();
+    // Every read the target started was finished, however its session ended.
+    EXPECT_EQ(disk->reads_finished.load(), disk->reads_started.load());
+    EXPECT_EQ(ro->reads_finished.load(), ro->reads_started.load());
   }
   // A client in transmission on `name`, structured replies and base:allocation negotiated.
   std::unique_ptr<Client> open(const std::string& name = "vol", bool structured = true,
@@ -83,9 +99,18 @@ class SessionTest : public ::testing::TestWithParam<bool> {
   Harness h{server_options()};
 };
 
-INSTANTIATE_TEST_SUITE_P(Paths, SessionTest, ::testing::Bool(),
-                         [](const ::testing::TestParamInfo<bool>& i) {
-                           return i.param ? "OnTheReader" : "OnWorkers";
+INSTANTIATE_TEST_SUITE_P(Paths, SessionTest,
+                         ::testing::Values(Path::kOnTheReader, Path::kOnWorkers,
+                                           Path::kThroughTheRing),
+                         [](const ::testing::TestParamInfo<Path>& i) {
+                           switch (i.param) {
+                             case Path::kOnTheReader:
+                               return "OnTheReader";
+                             case Path::kOnWorkers:
+                               return "OnWorkers";
+                             default:
+                               return "ThroughTheRing";
+                           }
                          });
 
 TEST_P(SessionTest, WriteThenReadWithSimpleReplies) {
@@ -201,6 +226,66 @@ TEST_P(SessionTest, PipelinedReadsEachGetTheirOwnData) {
     }
     EXPECT_EQ(seen.size(), size_t{kN});
   }
+}
+
+// A READ split into many file reads (every other block written): the ring path reads it
+// in the reader instead (kRingMaxParts); every path returns the same bytes and chunks.
+TEST_P(SessionTest, AFragmentedReadReturnsEveryPiece) {
+  auto c = open();
+  constexpr uint32_t kLen = 256 << 10;
+  std::vector<std::byte> want(kLen);
+  for (uint32_t off = 0; off < kLen; off += 8192) {
+    auto d = pattern(4096, int(off / 8192));
+    ASSERT_EQ(c->command(kCmdWrite, off, 4096, 0, d), 0u);
+    std::copy(d.begin(), d.end(), want.begin() + off);
+  }
+  auto [got, types] = sread(*c, 0, kLen);
+  EXPECT_EQ(types.size(), size_t{kLen / 4096});
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(open("vol", false)->simple_read(0, kLen).second, want);
+}
+
+// A file read that fails in the ring (a bad descriptor): EIO with a message, the read's
+// ticket is finished, and the connection goes on.
+TEST_P(SessionTest, AFailedFileReadIsEioAndTheSessionGoesOn) {
+  if (!ring()) GTEST_SKIP() << "only reads through the ring read a file";
+  auto c = open();
+  auto data = pattern(4096, 21);
+  ASSERT_EQ(c->command(kCmdWrite, 0, 4096, 0, data), 0u);
+  disk->bad_file_next = true;
+  c->request(kCmdRead, 0, 4096, 0, 5);
+  auto chunks = c->chunks();
+  EXPECT_EQ(Client::error_of(chunks.back()), kEIo);
+  EXPECT_EQ(sread(*c, 0, 4096).first, data);
+  auto s = open("vol", false);
+  disk->bad_file_next = true;
+  EXPECT_EQ(s->simple_read(0, 4096).first, kEIo);
+  EXPECT_EQ(s->simple_read(0, 4096).second, data);
+}
+
+// The target may hold a new request until the requests in flight end (a pool whose volume
+// operation waits to go idle: MemDisk::barrier). Reads queued in the ring but not yet
+// submitted must not be what it waits for: pipelined READs all come back.
+TEST_P(SessionTest, ReadsQueuedInTheRingAreSubmittedBeforeTheTargetWaits) {
+  if (!ring()) GTEST_SKIP() << "only the ring queues reads";
+  auto c = open("vol", false);
+  constexpr int kN = 64;
+  for (int i = 0; i < kN; i++) {
+    ASSERT_EQ(c->command(kCmdWrite, i * 4096u, 4096, 0, pattern(4096, i)), 0u);
+  }
+  disk->barrier = true;
+  for (int i = 0; i < kN; i++) c->request(kCmdRead, i * 4096u, 4096, 0, 100 + i);
+  std::set<uint64_t> seen;
+  for (int n = 0; n < kN; n++) {
+    auto r = c->reply();
+    ASSERT_TRUE(r) << "no reply: the server waits for itself";
+    ASSERT_EQ(r->h.error, 0u);
+    const int i = int(r->h.cookie - 100);
+    EXPECT_EQ(c->read_n(4096), pattern(4096, i));
+    seen.insert(r->h.cookie);
+  }
+  EXPECT_EQ(seen.size(), size_t{kN});
+  EXPECT_GT(disk->busy.load(), 0) << "no READ met a read queued before it";
 }
 
 TEST_P(SessionTest, ReadOnlyExportRefusesWritesTrimsAndZeroesWithEperm) {
@@ -571,6 +656,47 @@ TEST_P(SessionTest, ManyConnectionsInParallel) {
   }
   for (auto& t : ts) t.join();
   EXPECT_EQ(ok.load(), kConns);
+}
+
+// The default options with a slow disk: small READs go through the ring while it is slow
+// (probes on the reader), small WRITEs run on the reader. With the target holding new
+// requests while a read is out (MemDisk::barrier), a WRITE the reader runs itself must not
+// wait for a read it queued but did not submit: mixed pipelined bursts all come back.
+TEST(SessionRingTest, AWriteOnTheReaderNeverWaitsForAReadItHasNotSubmitted) {
+  Harness h{ServerOptions{}};
+  auto d = std::make_shared<MemDisk>(kSize);
+  d->enable_file();
+  d->read_delay = std::chrono::microseconds(300);
+  h.catalog.add("vol", d);
+  auto c = h.connect();
+  c->greet();
+  c->go("vol", false);
+  constexpr int kBlocks = 64;
+  for (int i = 0; i < kBlocks; i++) {
+    ASSERT_EQ(c->command(kCmdWrite, i * 4096u, 4096, 0, pattern(4096, 1)), 0u);
+  }
+  d->barrier = true;
+  constexpr int kBursts = 60, kReadsPerBurst = 8;
+  uint64_t cookie = 0;
+  for (int b = 0; b < kBursts; b++) {
+    std::vector<uint64_t> reads;
+    for (int i = 0; i < kReadsPerBurst; i++) {
+      c->request(kCmdRead, ((b * 7 + i) % kBlocks) * 4096u, 4096, 0, ++cookie);
+      reads.push_back(cookie);
+    }
+    c->request(kCmdWrite, (b % kBlocks) * 4096u, 4096, 0, ++cookie, pattern(4096, 1));
+    for (int n = 0; n <= kReadsPerBurst; n++) {
+      auto r = c->reply();
+      ASSERT_TRUE(r) << "burst " << b << ": no reply: the server waits for itself";
+      ASSERT_EQ(r->h.error, 0u);
+      if (std::find(reads.begin(), reads.end(), r->h.cookie) != reads.end()) {
+        EXPECT_EQ(c->read_n(4096), pattern(4096, 1));
+      }
+    }
+  }
+  h.server.stop();
+  EXPECT_GT(d->reads_started.load(), 0) << "no READ went through the ring";
+  EXPECT_EQ(d->reads_finished.load(), d->reads_started.load());
 }
 
 }  // namespace
