@@ -99,6 +99,7 @@ nlohmann::json pool_info_json(const thin::PoolInfo& info) {
   j["checkpoints"] = info.checkpoints;
   j["journal_commits"] = info.journal_commits;
   j["background_commits"] = info.background_commits;
+  j["needs_check"] = info.needs_check;
   return j;
 }
 
@@ -131,6 +132,8 @@ std::string pool_info_text(const std::string& dir, const thin::PoolInfo& info) {
   t.add({"journal", fmt::format("{} used of {}, {} batches since the last checkpoint",
                                 format_bytes(info.journal_used_bytes),
                                 format_bytes(info.journal_bytes), info.journal_batches)});
+  t.add({"metadata file", info.needs_check ? "needs_check: the journal may hold changes it lacks"
+                                           : "complete (needs_check clear)"});
   if (info.journal_replayed_batches > 0) {
     t.add({"journal replayed",
            fmt::format("{} batches ({} mapping changes) at open", info.journal_replayed_batches,

@@ -51,6 +51,13 @@ class ThinMetadata {
   // The checksum field of the superblock on the device (as opened, or as last committed).
   uint32_t superblock_csum() const { return sb_csum_; }
   uint32_t time() const { return sb_.time; }
+  // dm-thin's needs_check flag (superblock flags, bit 0): as opened or last committed, or as
+  // the next commit writes it once set. thin_dump shows it (flags="1"); a kernel keeps a pool
+  // that has it out of read-write mode until it is checked.
+  bool needs_check() const { return (sb_.flags & kNeedsCheckFlag) != 0; }
+  void set_needs_check(bool on) {
+    sb_.flags = on ? (sb_.flags | kNeedsCheckFlag) : (sb_.flags & ~kNeedsCheckFlag);
+  }
   uint64_t trans_id() const { return sb_.trans_id; }
   void set_trans_id(uint64_t id) { sb_.trans_id = id; }
   // Sets the pool's snapshot clock (repair: the clock of the metadata being rebuilt).

@@ -236,17 +236,24 @@ Result<void> Pool::commit_run(bool checkpoint) {
     // Anything a checkpoint would change on disk (not just a data sync)?
     const bool changed = dirty_ || force_catalog_ || records || journal_batches_ > 0 ||
                          md_->has_freed() || md_->data_sm().nr_pending_free() > 0 ||
-                         !unshared_.empty();
+                         !unshared_.empty() || (closing_ && md_->needs_check());
+    // The superblock carries needs_check while the journal may hold changes it lacks: the
+    // checkpoint in place of the journal's first batch sets it, later checkpoints keep it,
+    // the one at close clears it. thin_dump and a kernel so see that the metadata file alone
+    // is not the pool (DESIGN.md "The I/O path and commits").
+    bool first_batch = false;
     if ((checkpoint && changed) || dirty_ || force_catalog_ || (!journal_ && changed)) {
       kind = kCheckpoint;
     } else if (records) {
       const bool full = !journal_takes_locked(records_.size());
       const bool old = std::chrono::steady_clock::now() - last_checkpoint_ > kCheckpointInterval;
-      kind = full || old ? kCheckpoint : kJournal;
+      first_batch = !md_->needs_check();
+      kind = full || old || first_batch ? kCheckpoint : kJournal;
     } else if (md_->has_freed() || !unshared_.empty()) {
       kind = kJournal;  // releases frees, settles unshared blocks: nothing to append
     }
     if (kind == kCheckpoint) {
+      md_->set_needs_check(journal_ && !closing_ && (md_->needs_check() || first_batch));
       const uint64_t next = md_->trans_id() + 1;
       md_->set_trans_id(next);
       if (force_catalog_ || !(cat_ == catfile_->current())) catalog = cat_;
@@ -357,7 +364,7 @@ Result<bool> Pool::background_commit() {
     const bool pending = mappings_pending_locked();
     const bool due = std::chrono::steady_clock::now() - last_synced_ > kSyncInterval;
     if (dirty_ || force_catalog_ || !journal_ || failed_locked() || waiting > kMaxWaitingRecords ||
-        (due && pending)) {
+        (due && pending) || (safe_records_ > 0 && !md_->needs_check())) {
       full = true;
     } else if (safe_records_ == 0) {
       return pending;  // what is left waits for a FLUSH or kSyncInterval
@@ -455,7 +462,13 @@ Result<void> Pool::close() {
     std::lock_guard lk(mu_);
     failed = failed_locked();
   }
-  if (!failed) r = checkpoint();  // the journal is empty after a clean close
+  if (!failed) {
+    {
+      std::lock_guard lk(mu_);
+      closing_ = true;
+    }
+    r = checkpoint();  // the journal is empty after a clean close, needs_check cleared
+  }
   syncer_.reset();
   if (lock_fd_ >= 0) {
     ::close(lock_fd_);

@@ -285,6 +285,7 @@ PoolInfo Pool::info() {
   i.checkpoints = checkpoints_;
   i.journal_commits = journal_commits_;
   i.background_commits = background_commits_;
+  i.needs_check = md_->needs_check();
   return i;
 }
 

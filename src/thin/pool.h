@@ -123,6 +123,9 @@ struct PoolInfo {
   uint64_t journal_replayed_batches = 0, journal_replayed_records = 0;
   uint64_t checkpoints = 0, journal_commits = 0;  // since open
   uint64_t background_commits = 0;  // journal appends without a data sync (background_commit)
+  // The superblock's needs_check flag, as committed: set while the journal may hold changes
+  // DIR/metadata lacks (from the journal's first batch after a checkpoint until close).
+  bool needs_check = false;
 };
 
 struct VolumeInfo {
@@ -608,6 +611,7 @@ class Pool {
   // A commit failed, or an operation failed half way: read-only until reopened (a metadata
   // update that failed half way shows as md_->broken(), see failed_locked()).
   bool failed_ = false;
+  bool closing_ = false;  // close() has begun: its checkpoint clears needs_check
   std::mutex mu_;
   std::condition_variable cv_;  // quiesce_ and pending_ changes (under mu_)
   uint64_t epoch_ = 0;

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "support/test_util.h"
 #include "thin/pool.h"
 
 namespace tp::cli {
@@ -338,6 +339,8 @@ TEST_F(CliTest, CheckReportsAReplayedJournal) {
     ASSERT_TRUE(p.ok()) << p.error().to_string();
     const uint64_t v = *(*p)->dev_id("v");
     std::vector<std::byte> buf(4096, std::byte{'j'});
+    ASSERT_TRUE((*p)->write(v, 400000, buf).ok());
+    ASSERT_TRUE((*p)->flush().ok());  // a checkpoint that sets needs_check: the journal starts
     ASSERT_TRUE((*p)->write(v, 0, buf).ok());
     ASSERT_TRUE((*p)->flush().ok());
     ASSERT_TRUE((*p)->write(v, 200000, buf).ok());
@@ -345,6 +348,8 @@ TEST_F(CliTest, CheckReportsAReplayedJournal) {
     ASSERT_EQ((*p)->info().journal_batches, 2u);
     // The process dies here: no close, no checkpoint.
   }
+  // What thin_dump sees: the checkpoint, flagged needs_check.
+  EXPECT_EQ(testing::thin_dump(pool_ + "/metadata")->flags, pdata::kNeedsCheckFlag);
   Outcome c = tp({"check", "--json"});
   ASSERT_EQ(c.status, 0) << c.err << c.out;
   auto j = nlohmann::json::parse(c.out);
@@ -354,6 +359,10 @@ TEST_F(CliTest, CheckReportsAReplayedJournal) {
   Outcome again = tp({"check"});
   ASSERT_EQ(again.status, 0) << again.err;
   EXPECT_NE(again.out.find("journal: empty"), std::string::npos) << again.out;
+  EXPECT_EQ(testing::thin_dump(pool_ + "/metadata")->flags, 0u);
+  Outcome info = tp({"info", "--json"});
+  ASSERT_EQ(info.status, 0) << info.err;
+  EXPECT_EQ(nlohmann::json::parse(info.out)["needs_check"], false);
   Outcome rd = tp({"read", "v", tmp_ + "/out.img"});
   ASSERT_EQ(rd.status, 0) << rd.err;
   auto img = read_file(tmp_ + "/out.img");

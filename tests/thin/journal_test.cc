@@ -183,10 +183,25 @@ std::unique_ptr<Pool> make_pool(const std::string& dir) {
   return p.ok() ? std::move(*p) : nullptr;
 }
 
+// The journal's first batch after a checkpoint without needs_check is a checkpoint that
+// sets the flag (commit.cc): a write at `off` of vol and a flush, so that the flushes after
+// it are journal commits.
+void start_journaling(Pool& p, const std::string& vol, uint64_t off) {
+  ASSERT_FALSE(p.info().needs_check);
+  const uint64_t checkpoints = p.info().checkpoints;
+  ASSERT_TRUE(p.write(*p.dev_id(vol), off, bytes_of("starts the journal")).ok());
+  ASSERT_TRUE(p.flush().ok());
+  ASSERT_EQ(p.info().checkpoints, checkpoints + 1);
+  ASSERT_TRUE(p.info().needs_check);
+}
+
 TEST(PoolJournal, FlushAfterWritesIsAJournalCommitNotACheckpoint) {
   TempDir tmp;
-  auto p = make_pool(tmp.file("pool"));
+  const std::string dir = tmp.file("pool");
+  auto p = make_pool(dir);
   ASSERT_TRUE(p->create_volume("v", 4 << 20).ok());
+  ASSERT_NO_FATAL_FAILURE(start_journaling(*p, "v", 10 * kB));
+  EXPECT_EQ(testing::thin_dump(dir + "/metadata")->flags, pdata::kNeedsCheckFlag);
   const uint64_t trans = p->info().trans_id;
   const uint64_t checkpoints = p->info().checkpoints;
   const uint64_t dev = *p->dev_id("v");
@@ -206,7 +221,34 @@ TEST(PoolJournal, FlushAfterWritesIsAJournalCommitNotACheckpoint) {
   EXPECT_EQ(i.trans_id, trans + 1);
   EXPECT_EQ(i.journal_used_bytes, 0u);
   EXPECT_EQ(i.journal_batches, 0u);
+  EXPECT_TRUE(i.needs_check);  // kept while the pool is open
   ASSERT_TRUE(p->close().ok());
+  // The checkpoint at close clears it: the metadata file is the whole pool again.
+  EXPECT_EQ(testing::thin_dump(dir + "/metadata")->flags, 0u);
+  EXPECT_EQ(testing::thin_check(dir + "/metadata"), "");
+}
+
+// A pool that is opened, read and closed, or changed by volume operations only, never
+// sets needs_check (no journal batch): a command line tool's open costs no extra commit.
+TEST(PoolJournal, OnlyAJournalBatchSetsNeedsCheck) {
+  TempDir tmp;
+  const std::string dir = tmp.file("pool");
+  {
+    auto p = make_pool(dir);
+    ASSERT_TRUE(p->create_volume("v", 4 << 20).ok());
+    ASSERT_TRUE(p->write(*p->dev_id("v"), 0, bytes_of("x")).ok());
+    ASSERT_TRUE(p->snapshot("v", "s", false).ok());  // a checkpoint with the write in it
+    EXPECT_FALSE(p->info().needs_check);
+    ASSERT_TRUE(p->flush().ok());
+    EXPECT_FALSE(p->info().needs_check);
+    ASSERT_TRUE(p->close().ok());
+  }
+  const std::string before = testing::read_file(dir + "/metadata");
+  auto p = Pool::open(dir);
+  ASSERT_TRUE(p.ok()) << p.error().to_string();
+  EXPECT_FALSE((*p)->info().needs_check);
+  ASSERT_TRUE((*p)->close().ok());
+  EXPECT_EQ(testing::read_file(dir + "/metadata"), before);  // nothing written
 }
 
 TEST(PoolJournal, FlushedWritesSurviveACrashAndAreReplayed) {
@@ -218,6 +260,7 @@ TEST(PoolJournal, FlushedWritesSurviveACrashAndAreReplayed) {
     ASSERT_TRUE(p->create_volume("v", 4 << 20).ok());
     ASSERT_TRUE(p->create_volume("w", 4 << 20).ok());
     ASSERT_TRUE(p->reserve("w", 2 * kB).ok());
+    ASSERT_NO_FATAL_FAILURE(start_journaling(*p, "v", 10 * kB));
     const uint64_t v = *p->dev_id("v"), w = *p->dev_id("w");
     ASSERT_TRUE(p->write(v, 0, bytes_of(std::string(kB, 'a'))).ok());     // whole block
     ASSERT_TRUE(p->write(v, 3 * kB + 7, bytes_of("partial")).ok());       // partial, fresh
@@ -230,11 +273,15 @@ TEST(PoolJournal, FlushedWritesSurviveACrashAndAreReplayed) {
     pre_crash_metadata = testing::read_file(dir + "/metadata");
     // The process dies: no close (the destructor neither commits nor checkpoints).
   }
-  // The metadata file alone is the last checkpoint: consistent, without those writes.
+  // The metadata file alone is the last checkpoint: consistent, without those writes, and
+  // it says that a journal may follow it.
   EXPECT_EQ(testing::thin_check(dir + "/metadata"), "");
   auto dump = testing::thin_dump(dir + "/metadata");
   ASSERT_TRUE(dump.has_value());
-  for (const auto& d : dump->devices) EXPECT_TRUE(d.mappings.empty());
+  EXPECT_EQ(dump->flags, pdata::kNeedsCheckFlag);
+  size_t before = 0;
+  for (const auto& d : dump->devices) before += d.mappings.size();
+  EXPECT_EQ(before, 1u);  // the block that started the journal
   auto p = Pool::open(dir);
   ASSERT_TRUE(p.ok()) << p.error().to_string();
   PoolInfo i = (*p)->info();
@@ -259,9 +306,10 @@ TEST(PoolJournal, FlushedWritesSurviveACrashAndAreReplayed) {
   ASSERT_TRUE((*p)->close().ok());
   dump = testing::thin_dump(dir + "/metadata");
   ASSERT_TRUE(dump.has_value());
+  EXPECT_EQ(dump->flags, 0u);
   size_t mappings = 0;
   for (const auto& d : dump->devices) mappings += d.mappings.size();
-  EXPECT_EQ(mappings, 3u);
+  EXPECT_EQ(mappings, 4u);
 }
 
 TEST(PoolJournal, AJournalBesideOtherMetadataIsIgnored) {
@@ -273,10 +321,13 @@ TEST(PoolJournal, AJournalBesideOtherMetadataIsIgnored) {
     auto p = make_pool(d);
     ASSERT_TRUE(p->create_volume("v", 4 << 20).ok());
     ASSERT_TRUE(p->write(*p->dev_id("v"), d == a ? 0 : 3 * kB, bytes_of("some bytes")).ok());
-    ASSERT_TRUE(p->checkpoint().ok());
     if (d == a) {
+      ASSERT_TRUE(p->flush().ok());  // the checkpoint that starts the journal
       ASSERT_TRUE(p->write(*p->dev_id("v"), kB, bytes_of("journaled in a")).ok());
       ASSERT_TRUE(p->flush().ok());
+      ASSERT_EQ(p->info().journal_batches, 1u);
+    } else {
+      ASSERT_TRUE(p->checkpoint().ok());
     }
     ASSERT_EQ(p->info().trans_id, 2u);  // (skip the close: a keeps its journal)
   }
@@ -332,6 +383,7 @@ TEST(PoolJournal, CopyOnWriteBatchIsWrittenOnlyAfterTheDataSync) {
   Pool::OpenOptions oo = recording_data_and_journal(rec);
   auto p = Pool::open(dir, oo);
   ASSERT_TRUE(p.ok()) << p.error().to_string();
+  ASSERT_NO_FATAL_FAILURE(start_journaling(**p, "v", 10 * kB));
   const uint64_t v = *(*p)->dev_id("v");
   auto journal_write_before_data_flush = [&](size_t from) {
     // Entries from `from`: is the journal written before the data device's flush?
@@ -375,6 +427,7 @@ TEST(PoolJournal, BackgroundCommitJournalsWithoutADataSync) {
   {
     auto p = Pool::open(dir, oo);
     ASSERT_TRUE(p.ok()) << p.error().to_string();
+    ASSERT_NO_FATAL_FAILURE(start_journaling(**p, "v", 10 * kB));
     const uint64_t v = *(*p)->dev_id("v");
     ASSERT_TRUE((*p)->write(v, 5 * kB, bytes_of("five")).ok());  // fresh blocks: holes
     ASSERT_TRUE((*p)->write(v, 6 * kB, bytes_of("six")).ok());

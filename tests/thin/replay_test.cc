@@ -62,8 +62,8 @@ struct Replay {
   void point(uint64_t p, Mode mode, const std::vector<std::byte>& dd,
              const std::vector<std::byte>& dm, const std::vector<std::byte>& dj,
              const std::vector<size_t>& pend_d, const std::vector<size_t>& pend_m,
-             const std::vector<size_t>& pend_j, const std::string& cat,
-             const std::string& prev_cat, std::mt19937_64& rng) {
+             const std::vector<size_t>& pend_j, const std::string& cat, const std::string& prev_cat,
+             std::mt19937_64& rng) {
     const auto& L = *log;
     std::string where =
         "crash point " + std::to_string(p) + " mode " + std::to_string(static_cast<int>(mode));
@@ -131,6 +131,12 @@ struct Replay {
     if (pool.metadata().trans_id() != t_image) {
       return fail(where + ": opened at transaction " + std::to_string(pool.metadata().trans_id()) +
                   ", image holds " + std::to_string(t_image));
+    }
+    // A checkpoint the journal goes beyond says so (thin_dump, a kernel): needs_check.
+    if (const uint64_t n = pool.info().journal_replayed_batches;
+        n > 0 && !(sb->flags & pdata::kNeedsCheckFlag)) {
+      return fail(where + ": " + std::to_string(n) +
+                  " journal batches replayed on a superblock without needs_check");
     }
     // The checkpoint and the journal batches after it: no older than the last commit that
     // returned.
