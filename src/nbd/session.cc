@@ -280,6 +280,14 @@ class Session {
   // Runs r and adds its reply to cx.out, which holds r's buffer and budget from now on.
   void execute(Request& r, Context& cx);
   void read(Request& r, Context& cx);
+  // Whether a READ of h is answered with its holes as such (structured replies, no DF).
+  bool sparse_read(const wire::RequestHeader& h) const {
+    return n_.structured && !(h.flags & kCmdFlagDf);
+  }
+  // Ends a READ whose ticket (start_read) is out: finish_read, then its reply (res: how its
+  // file reads ended; extents as start_read gave them), and its buffer and budget to cx.out.
+  void end_read(Context& cx, Request& r, uint64_t ticket, std::vector<StatusExtent>& extents,
+                const Result<void>& res);
   // The reply to a READ of h whose bytes are in buf; extents (reused; nullptr: all data) as
   // read_sparse gave them.
   void reply_read(Context& cx, const wire::RequestHeader& h, std::span<const std::byte> buf,
@@ -323,7 +331,6 @@ class Session {
   struct RingRead {
     Request r;
     uint64_t ticket = 0;
-    bool sparse = false;
     std::vector<StatusExtent> extents;
     std::vector<BlockTarget::FileRead> parts;
     size_t left = 0;
@@ -617,11 +624,11 @@ bool Session::ring_read(Request& r) {
     ring_free_.pop_back();
   }
   RingRead& rr = ring_slots_[slot];
-  rr.sparse = n_.structured && !(h.flags & kCmdFlagDf);
+  const bool sparse = sparse_read(h);
   auto start = [&](bool may_wait) {
     rr.parts.clear();
-    return t_.start_read(h.offset, r.buf.first(h.length), rr.sparse ? &rr.extents : nullptr,
-                         rr.parts, may_wait);
+    return t_.start_read(h.offset, r.buf.first(h.length), sparse ? &rr.extents : nullptr, rr.parts,
+                         may_wait);
   };
   // With reads queued, not submitted, the target must not wait for the requests in flight.
   auto ticket = start(ring_queued_ == 0);
@@ -653,13 +660,7 @@ bool Session::ring_read(Request& r) {
           io::pread_all(p.fd, r.buf.first(h.length).subspan(p.buf_offset, p.length), p.file_offset);
       if (!res.ok()) break;
     }
-    t_.finish_read(*ticket);
-    if (res.ok()) {
-      reply_read(reader_cx_, h, r.buf.first(h.length), rr.sparse ? &rr.extents : nullptr);
-    } else {
-      reply_result(reader_cx_, h, res);
-    }
-    reader_cx_.out.hold(std::move(r.buf), r.cost);
+    end_read(reader_cx_, r, *ticket, rr.extents, res);
     give_back();
     flush_if_full();
     return true;
@@ -749,15 +750,20 @@ void Session::completer() {
 // REQUIRES: ring_mu_ held.
 void Session::finish_ring_read(unsigned slot, Context& cx) {
   RingRead& rr = ring_slots_[slot];
-  t_.finish_read(rr.ticket);
-  if (rr.res.ok()) {
-    reply_read(cx, rr.r.h, rr.r.buf.first(rr.r.h.length), rr.sparse ? &rr.extents : nullptr);
-  } else {
-    reply_result(cx, rr.r.h, rr.res);
-  }
-  cx.out.hold(std::move(rr.r.buf), rr.r.cost);
+  end_read(cx, rr.r, rr.ticket, rr.extents, rr.res);
   ring_reads_--;
   ring_free_.push_back(slot);
+}
+
+void Session::end_read(Context& cx, Request& r, uint64_t ticket, std::vector<StatusExtent>& extents,
+                       const Result<void>& res) {
+  t_.finish_read(ticket);
+  if (res.ok()) {
+    reply_read(cx, r.h, r.buf.first(r.h.length), sparse_read(r.h) ? &extents : nullptr);
+  } else {
+    reply_result(cx, r.h, res);
+  }
+  cx.out.hold(std::move(r.buf), r.cost);
 }
 
 void Session::start_worker() {
@@ -860,7 +866,7 @@ void Session::read(Request& r, Context& cx) {
   // Every byte of it is written by the target (read_sparse: holes as zeros) before any is
   // sent: a reused buffer never shows an earlier request's data.
   std::span<std::byte> buf = r.buf.first(h.length);
-  const bool sparse = n_.structured && !(h.flags & kCmdFlagDf);
+  const bool sparse = sparse_read(h);
   Result<void> res = sparse ? t_.read_sparse(h.offset, buf, cx.extents) : t_.read(h.offset, buf);
   if (!res.ok()) {
     reply_result(cx, h, res);

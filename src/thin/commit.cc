@@ -237,23 +237,22 @@ Result<void> Pool::commit_run(bool checkpoint) {
     const bool changed = dirty_ || force_catalog_ || records || journal_batches_ > 0 ||
                          md_->has_freed() || md_->data_sm().nr_pending_free() > 0 ||
                          !unshared_.empty() || (closing_ && md_->needs_check());
-    // The superblock carries needs_check while the journal may hold changes it lacks: the
-    // checkpoint in place of the journal's first batch sets it, later checkpoints keep it,
-    // the one at close clears it. thin_dump and a kernel so see that the metadata file alone
-    // is not the pool (DESIGN.md "The I/O path and commits").
-    bool first_batch = false;
+    // The superblock carries needs_check while the journal may hold changes it lacks: a
+    // checkpoint in place of a journal batch sets it (the journal takes none before it),
+    // later checkpoints keep it, the one at close clears it. thin_dump and a kernel so see
+    // that the metadata file alone is not the pool (DESIGN.md "The I/O path and commits").
+    bool instead_of_journal = false;
     if ((checkpoint && changed) || dirty_ || force_catalog_ || (!journal_ && changed)) {
       kind = kCheckpoint;
     } else if (records) {
-      const bool full = !journal_takes_locked(records_.size());
       const bool old = std::chrono::steady_clock::now() - last_checkpoint_ > kCheckpointInterval;
-      first_batch = !md_->needs_check();
-      kind = full || old || first_batch ? kCheckpoint : kJournal;
+      instead_of_journal = old || !journal_takes_locked(records_.size());
+      kind = instead_of_journal ? kCheckpoint : kJournal;
     } else if (md_->has_freed() || !unshared_.empty()) {
       kind = kJournal;  // releases frees, settles unshared blocks: nothing to append
     }
     if (kind == kCheckpoint) {
-      md_->set_needs_check(journal_ && !closing_ && (md_->needs_check() || first_batch));
+      md_->set_needs_check(journal_ && !closing_ && (md_->needs_check() || instead_of_journal));
       const uint64_t next = md_->trans_id() + 1;
       md_->set_trans_id(next);
       if (force_catalog_ || !(cat_ == catfile_->current())) catalog = cat_;
@@ -364,12 +363,12 @@ Result<bool> Pool::background_commit() {
     const bool pending = mappings_pending_locked();
     const bool due = std::chrono::steady_clock::now() - last_synced_ > kSyncInterval;
     if (dirty_ || force_catalog_ || !journal_ || failed_locked() || waiting > kMaxWaitingRecords ||
-        (due && pending) || (safe_records_ > 0 && !md_->needs_check())) {
+        (due && pending)) {
       full = true;
     } else if (safe_records_ == 0) {
       return pending;  // what is left waits for a FLUSH or kSyncInterval
     } else if (!journal_takes_locked(safe_records_)) {
-      full = true;  // a checkpoint makes room
+      full = true;  // a checkpoint makes room, or flags the superblock first
     } else {
       // Not a cut: no epoch turns, nothing freed is released, no flush() counts on it.
       const auto n = static_cast<ptrdiff_t>(safe_records_);

@@ -356,9 +356,11 @@ class Pool {
   Journal::Base journal_base_locked() const {
     return {cat_.settings.pool_id, md_->trans_id(), md_->superblock_csum()};
   }
-  // The journal can take a batch of n records and stay at most half full (else: checkpoint).
+  // The journal can take a batch of n records: the checkpoint on disk says a journal may
+  // follow it (needs_check), and the journal stays at most half full. Else: a checkpoint
+  // (which sets needs_check, commit_run).
   bool journal_takes_locked(size_t n) const {
-    return journal_->fits(n) &&
+    return md_->needs_check() && journal_->fits(n) &&
            journal_->used_bytes() + Journal::batch_bytes(n) <= journal_->capacity_bytes() / 2;
   }
   // Mapping changes of requests that no commit has made durable yet (records, frees, blocks

@@ -102,24 +102,14 @@ class MemTarget : public BlockTarget {
     d_->reads++;
     if (d_->read_delay.count() > 0) std::this_thread::sleep_for(d_->read_delay);
     std::unique_lock lk(d_->mu);
-    wait_barrier(lk);
-    if (d_->gate_closed) {
-      d_->waiting++;
-      d_->gate_cv.wait(lk, [&] { return !d_->gate_closed; });
-      d_->waiting--;
-    }
+    wait_turn(lk, false);
     TP_TRY(check(off, buf.size()));
     std::memcpy(buf.data(), d_->data.data() + off, buf.size());
     return {};
   }
   Result<void> write(uint64_t off, std::span<const std::byte> buf, bool fua) override {
     std::unique_lock lk(d_->mu);
-    wait_barrier(lk);
-    if (d_->gate_closed && d_->gate_writes) {
-      d_->waiting++;
-      d_->gate_cv.wait(lk, [&] { return !d_->gate_closed; });
-      d_->waiting--;
-    }
+    wait_turn(lk, true);
     TP_TRY(check(off, buf.size()));
     if (d_->read_only) return make_error(Errc::kReadOnly, "read-only");
     std::memcpy(d_->data.data() + off, buf.data(), buf.size());
@@ -173,13 +163,8 @@ class MemTarget : public BlockTarget {
       d_->busy++;
       return make_error(Errc::kBusy, "tickets are out");
     }
-    wait_barrier(lk);
     (extents ? d_->sparse_reads : d_->reads)++;
-    if (d_->gate_closed) {
-      d_->waiting++;
-      d_->gate_cv.wait(lk, [&] { return !d_->gate_closed; });
-      d_->waiting--;
-    }
+    wait_turn(lk, false);
     TP_TRY(check(off, buf.size()));
     if (::pwrite(d_->file, d_->data.data() + off, buf.size(), static_cast<off_t>(off)) !=
         static_cast<ssize_t>(buf.size())) {
@@ -221,8 +206,15 @@ class MemTarget : public BlockTarget {
   bool tickets_out() const {
     return d_->barrier && d_->reads_started.load() != d_->reads_finished.load();
   }
-  void wait_barrier(std::unique_lock<std::mutex>& lk) {
+  // Where a request waits: for the tickets out (barrier), then at a closed gate (a write
+  // only with gate_writes).
+  void wait_turn(std::unique_lock<std::mutex>& lk, bool write) {
     d_->gate_cv.wait(lk, [&] { return !tickets_out(); });
+    if (d_->gate_closed && (!write || d_->gate_writes)) {
+      d_->waiting++;
+      d_->gate_cv.wait(lk, [&] { return !d_->gate_closed; });
+      d_->waiting--;
+    }
   }
   Result<void> check(uint64_t off, uint64_t len) {
     if (d_->fail_next) {
