@@ -133,6 +133,7 @@ class PoolExportTest : public ::testing::Test {
   void TearDown() override {
     if (pool) {
       EXPECT_TRUE(pool->close().ok());
+      EXPECT_EQ(::tp::testing::thin_check(tmp.path() + "/pool/metadata"), "");
     }
   }
   std::unique_ptr<nbd::BlockTarget> open(PoolCatalog& cat, const std::string& name) {
@@ -257,6 +258,12 @@ TEST_F(PoolExportTest, StartReadHandsOutTheFileReadsOfAReadAndPinsItsEpoch) {
   }
   std::vector<std::byte> buf(4096);
   std::vector<nbd::BlockTarget::FileRead> parts;
+  // Past the end: the pool's error, no file reads, no ticket out (the snapshot below would
+  // wait for it forever).
+  auto past = vol->start_read(vol->size() - 100, buf, nullptr, parts, true);
+  ASSERT_FALSE(past.ok());
+  EXPECT_EQ(past.error().code, Errc::kInvalidArgument);
+  EXPECT_TRUE(parts.empty());
   auto held = vol->start_read(0, buf, nullptr, parts, true);
   ASSERT_TRUE(held.ok());
   std::atomic<bool> done{false};

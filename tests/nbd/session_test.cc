@@ -34,7 +34,9 @@ std::vector<std::byte> pattern(size_t n, int seed) {
 
 // Whether this kernel lets us have an io_uring (a seccomp filter or
 // kernel.io_uring_disabled may not): without it the server reads on its workers.
-bool have_io_uring() { return io::ReadRing::create(4).ok(); }
+bool have_io_uring() {
+  return io::ReadRing::create(4).ok();
+}
 
 // Every test runs three ways: with small READs and WRITEs on the reader thread (the
 // default), with every request on the workers (inline_max_bytes = 0), and with every READ

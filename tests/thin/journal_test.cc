@@ -249,6 +249,7 @@ TEST(PoolJournal, OnlyAJournalBatchSetsNeedsCheck) {
   EXPECT_FALSE((*p)->info().needs_check);
   ASSERT_TRUE((*p)->close().ok());
   EXPECT_EQ(testing::read_file(dir + "/metadata"), before);  // nothing written
+  EXPECT_EQ(testing::thin_check(dir + "/metadata"), "");
 }
 
 TEST(PoolJournal, FlushedWritesSurviveACrashAndAreReplayed) {
@@ -338,6 +339,8 @@ TEST(PoolJournal, AJournalBesideOtherMetadataIsIgnored) {
   EXPECT_EQ(read(**p, "v", kB, 14), std::string(14, '\0'));
   auto c = (*p)->check();
   ASSERT_TRUE(c.ok() && c->ok());
+  ASSERT_TRUE((*p)->close().ok());
+  EXPECT_EQ(testing::thin_check(b + "/metadata"), "");
 }
 
 // Open options that log the data device's and the journal's calls to rec.
@@ -412,6 +415,7 @@ TEST(PoolJournal, CopyOnWriteBatchIsWrittenOnlyAfterTheDataSync) {
   ASSERT_TRUE((*p)->flush().ok());
   EXPECT_GT(count_calls(rec, mark, Dev::kJournal, Kind::kWrite), 0u);
   ASSERT_TRUE((*p)->close().ok());
+  EXPECT_EQ(testing::thin_check(dir + "/metadata"), "");
 }
 
 // The background commit (a server whose clients do not flush): the mapping changes that need
