@@ -103,7 +103,8 @@ class InfoCommand final : public Command {
  public:
   const char* name() const override { return "info"; }
   const char* description() const override {
-    return "Show the pool: size, blocks used/reserved/unreserved, metadata, state";
+    return "Show the pool: size, blocks used/reserved/unreserved, metadata, state, journal and "
+           "whether the metadata file is flagged needs_check";
   }
   void declare(CLI::App&) override {}
   int run(const Context& ctx) override {
@@ -338,8 +339,9 @@ class CheckCommand final : public Command {
  public:
   const char* name() const override { return "check"; }
   const char* description() const override {
-    return "Check metadata, space maps, catalog and the space invariant; also runs "
-           "thin_check when installed. --repair rebuilds damaged metadata";
+    return "Check metadata, space maps, catalog and the space invariant after replaying the "
+           "journal (and say what it replayed); also runs thin_check when installed. --repair "
+           "rebuilds damaged metadata";
   }
   void declare(CLI::App& sub) override {
     sub.add_flag("--repair", repair_,
